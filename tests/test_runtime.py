@@ -1,0 +1,264 @@
+"""Embedded runtime: numpy-only Recognizer, front end, batching, chunking, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import transformers
+
+from tests.conftest import speech_arrays
+from xlsr_edge.bundle import ModelInfo
+from xlsr_edge.cli import main
+from xlsr_edge.errors import BundleError
+from xlsr_edge.runtime import Recognizer, TranscribeOptions
+from xlsr_edge.runtime.audio import load_audio, normalize, prepare_audio
+from xlsr_edge.runtime.batching import bucket, plan_windows
+
+
+def test_runtime_and_decoders_do_not_import_torch_or_transformers():
+    code = (
+        "import sys, xlsr_edge.runtime, xlsr_edge.decoders, xlsr_edge.bundle;"
+        "from xlsr_edge.decoders import GreedyDecoder, BeamDecoder;"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
+        "print(','.join(bad)); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, f"runtime imported: {r.stdout} {r.stderr}"
+
+
+def test_front_end_matches_the_feature_extractor(tiny_ckpt, speech_dir):
+    processor = transformers.Wav2Vec2Processor.from_pretrained(str(tiny_ckpt))
+    for a in speech_arrays(speech_dir, 3):
+        ref = processor(a, sampling_rate=16000, return_tensors="np").input_values[0]
+        np.testing.assert_array_equal(normalize(a, True), ref)
+
+
+def test_stereo_8k_is_downmixed_and_resampled(tmp_path):
+    t = np.arange(8000) / 8000
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t) * 0.5], axis=1).astype(
+        np.float32
+    )
+    sf.write(tmp_path / "s.wav", stereo, 8000)
+    x = load_audio(tmp_path / "s.wav", 16000)
+    assert x.ndim == 1 and abs(len(x) - 16000) <= 2
+    ref = prepare_audio(stereo.mean(axis=1), 8000, 16000)
+    np.testing.assert_allclose(x, ref, atol=1e-4)
+
+
+def test_greedy_transcripts_equal_batch_decode_of_transformers(tiny_ckpt, tiny_bundle, speech_dir):
+    model = transformers.Wav2Vec2ForCTC.from_pretrained(str(tiny_ckpt)).eval()
+    processor = transformers.Wav2Vec2Processor.from_pretrained(str(tiny_ckpt))
+    files = sorted(speech_dir.glob("*.wav"))[:3]
+    audio = [load_audio(f, 16000) for f in files]
+    feats = processor(
+        audio, sampling_rate=16000, padding=True, return_tensors="pt", return_attention_mask=True
+    )
+    with torch.no_grad():
+        logits = model(feats.input_values, attention_mask=feats.attention_mask).logits
+    lengths = model._get_feat_extract_output_lengths(feats.attention_mask.sum(-1))
+    expected = processor.batch_decode([logits[i, :n].argmax(-1) for i, n in enumerate(lengths)])
+    with Recognizer.from_bundle(tiny_bundle) as rec:
+        got = rec.transcribe(files, TranscribeOptions(batch_size=3))
+    assert [t.text for t in got] == expected
+    assert [t.audio for t in got] == [str(f) for f in files]
+
+
+def test_batch_size_does_not_change_transcripts(tiny_bundle, speech_dir):
+    files = sorted(speech_dir.iterdir())
+    with Recognizer.from_bundle(tiny_bundle) as rec:
+        one = rec.transcribe(files, TranscribeOptions(batch_size=1))
+        many = rec.transcribe(files, TranscribeOptions(batch_size=8, max_padding=0.9))
+    assert [t.text for t in one] == [t.text for t in many]
+
+
+def test_group_norm_bundle_runs_unpadded(tiny_group_ckpt, tiny_group_bundle, speech_dir):
+    model = transformers.Wav2Vec2ForCTC.from_pretrained(str(tiny_group_ckpt)).eval()
+    processor = transformers.Wav2Vec2Processor.from_pretrained(str(tiny_group_ckpt))
+    files = sorted(speech_dir.glob("*.wav"))[:3]
+    expected = []
+    for f in files:
+        x = processor(load_audio(f, 16000), sampling_rate=16000, return_tensors="pt").input_values
+        with torch.no_grad():
+            expected.append(processor.batch_decode(model(x).logits.argmax(-1))[0])
+    with Recognizer.from_bundle(tiny_group_bundle) as rec:
+        assert [t.text for t in rec.transcribe(files, TranscribeOptions(batch_size=8))] == expected
+
+
+def test_word_timestamps_are_monotonic_and_inside_the_audio(tiny_bundle, speech_dir):
+    with Recognizer.from_bundle(tiny_bundle) as rec:
+        results = rec.transcribe(sorted(speech_dir.iterdir()))
+    words = 0
+    for t in results:
+        prev = 0.0
+        for w in t.words:
+            assert prev <= w["start"] < w["end"] <= t.duration + 1e-6
+            prev = w["end"]
+            words += 1
+        assert [w["word"] for w in t.words] == t.text.split()
+    assert words > 0
+
+
+def test_windows_tile_every_frame_once():
+    info = ModelInfo(
+        ["<pad>", "a"],
+        0,
+        "|",
+        None,
+        16000,
+        True,
+        "layer",
+        [10, 3, 3, 3, 3, 2, 2],
+        [5, 2, 2, 2, 2, 2, 2],
+        True,
+    )
+    for n in (400, 16000 * 3 + 17, 16000 * 10, 16000 * 31 + 319):
+        frames = info.frames_for(n)
+        ws = plan_windows(
+            0,
+            n,
+            stride=320,
+            receptive_field=400,
+            total_frames=frames,
+            chunk_samples=16000 * 2,
+            context_samples=8000,
+        )
+        covered = []
+        for w in ws:
+            assert w.start % 320 == 0 and 0 <= w.start < w.end <= n
+            own = info.frames_for(w.num_samples)
+            assert 0 <= w.keep_from < w.keep_to <= own, (w, own)
+            covered += list(range(w.start // 320 + w.keep_from, w.start // 320 + w.keep_to))
+        assert covered == list(range(frames))
+
+
+def test_bucket_limits_padding_and_batch_size():
+    lengths = [100, 98, 50, 49, 48, 10, 97, 51]
+    batches = bucket(lengths, batch_size=3, max_padding=0.1)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) <= 3
+        assert 1 - sum(lengths[i] for i in b) / (longest * len(b)) <= 0.1
+    assert bucket([5, 6, 5], 8, max_padding=0.0) == [[1], [0, 2]]
+
+
+def test_chunked_long_audio_matches_unchunked(tiny_bundle, speech_dir, tmp_path):
+    """Random weights give a few near-tie frames; the exact-transcript check runs on the trained demo model."""
+    audio = np.concatenate([load_audio(f, 16000) for f in sorted(speech_dir.iterdir())] * 2)
+    assert len(audio) > 16000 * 12
+    sf.write(tmp_path / "long.wav", audio, 16000)
+    chunked_opts = TranscribeOptions(chunk_seconds=4, context_seconds=5)
+    with Recognizer.from_bundle(tiny_bundle) as rec:
+        whole = rec.logits([tmp_path / "long.wav"], TranscribeOptions(chunk_seconds=None))[0]
+        chunked = rec.logits([tmp_path / "long.wav"], chunked_opts)[0]
+        text_whole = rec.transcribe([tmp_path / "long.wav"], TranscribeOptions(chunk_seconds=None))[0]
+        text_chunked = rec.transcribe([tmp_path / "long.wav"], chunked_opts)[0]
+    assert whole.shape == chunked.shape  # every frame stitched exactly once, in order
+    assert (whole.argmax(-1) == chunked.argmax(-1)).mean() > 0.995
+    assert np.abs(whole - chunked).max() < 0.1
+    import jiwer
+
+    assert jiwer.cer(text_whole.text, text_chunked.text) < 0.02
+    assert text_chunked.words[-1]["end"] <= text_chunked.duration + 1e-6
+
+
+def test_newer_schema_is_refused(tiny_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["schema_version"] = 99
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="newer"):
+        Recognizer.from_bundle(copy)
+
+
+def test_modified_graph_is_refused(tiny_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    with (copy / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="model.onnx \\(modified\\)"):
+        Recognizer.from_bundle(copy)
+
+
+def _bad_inputs(folder: Path, good: Path) -> dict[str, Path]:
+    rate = 16000
+    files = {}
+    files["empty"] = folder / "empty.wav"
+    files["empty"].write_bytes(b"")
+    files["truncated"] = folder / "truncated.flac"
+    files["truncated"].write_bytes(good.read_bytes()[:40])
+    files["text"] = folder / "notes.wav"
+    files["text"].write_text("this is not audio\n" * 20)
+    files["nan"] = folder / "nan.wav"
+    x = np.zeros(rate, dtype=np.float32)
+    x[100] = np.nan
+    sf.write(files["nan"], x, rate, subtype="FLOAT")
+    files["short"] = folder / "short.wav"
+    sf.write(files["short"], np.zeros(300, dtype=np.float32), rate)
+    return files
+
+
+def test_bad_inputs_get_an_error_line_and_the_rest_are_transcribed(tiny_bundle, speech_dir, tmp_path, capsys):
+    good = sorted(speech_dir.glob("*.flac"))[0]
+    bad = _bad_inputs(tmp_path, good)
+    stereo8k = tmp_path / "stereo8k.wav"
+    a, _ = sf.read(good)
+    import soxr
+
+    a8 = soxr.resample(a, 16000, 8000)
+    sf.write(stereo8k, np.stack([a8, a8], axis=1), 8000)
+    args = [
+        "transcribe",
+        str(tiny_bundle),
+        str(good),
+        *map(str, bad.values()),
+        str(stereo8k),
+        str(tmp_path / "missing.wav"),
+        "--json",
+    ]
+    assert main(args) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_audio = {r["audio"]: r for r in rows}
+    assert len(rows) == 8
+    assert "text" in by_audio[str(good)] and "text" in by_audio[str(stereo8k)]
+    for key, path in bad.items():
+        assert "error" in by_audio[str(path)], key
+    assert "empty" in by_audio[str(bad["empty"])]["error"]
+    assert "NaN" in by_audio[str(bad["nan"])]["error"]
+    assert "shorter than one frame" in by_audio[str(bad["short"])]["error"]
+    assert "no such file" in by_audio[str(tmp_path / "missing.wav")]["error"]
+
+
+@pytest.mark.slow
+def test_two_hour_file_is_transcribed_in_chunks(tiny_bundle, tmp_path):
+    rate = 16000
+    path = tmp_path / "two_hours.flac"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", rate, 1, subtype="PCM_16") as f:
+        for _ in range(120):  # 2 h in 1-minute blocks of quiet noise
+            f.write((rng.standard_normal(rate * 60) * 0.01).astype(np.float32))
+    with Recognizer.from_bundle(tiny_bundle) as rec:
+        t = rec.transcribe([path], TranscribeOptions(batch_size=8))[0]
+    assert t.error is None
+    assert abs(t.duration - 7200) < 0.01
+    if t.words:
+        assert t.words[-1]["end"] <= 7200
+
+
+def test_numpy_arrays_are_accepted(tiny_bundle, speech_dir):
+    files = sorted(speech_dir.glob("*.flac"))[:2]
+    arrays = [sf.read(f, dtype="float32")[0] for f in files]
+    with Recognizer.from_bundle(tiny_bundle) as rec:
+        from_files = rec.transcribe(files)
+        from_arrays = rec.transcribe(arrays, sample_rate=16000)
+    assert [t.text for t in from_arrays] == [t.text for t in from_files]
+    assert from_arrays[0].audio == "<array 0>"

@@ -1,0 +1,285 @@
+"""Command lines: argument parsing, the one `error:` line, exit codes. Library code never imports this."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from xlsr_edge import __version__
+from xlsr_edge.constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_CONTEXT_SECONDS,
+    DEFAULT_CHUNK_SECONDS,
+    DEFAULT_OPSET,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USER_ERROR,
+    PARITY_MAX_ABS_DIFF,
+    PARITY_MIN_ARGMAX_AGREEMENT,
+)
+from xlsr_edge.errors import XlsrEdgeError
+
+MANIFEST_SUFFIXES = (".json", ".jsonl", ".txt", ".lst", ".tsv", ".csv")
+
+
+def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """User errors (XlsrEdgeError, invalid option values) -> one `error:` line and exit 2, no traceback."""
+    try:
+        return fn(args)
+    except (XlsrEdgeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- export ---------------------------------------------------------------------------------------------------
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="export-xlsr",
+        description="Export a fine-tuned XLS-R/Wav2Vec2 CTC checkpoint folder to a verified ONNX bundle.",
+    )
+    ap.add_argument("checkpoint", type=Path, help="local Hugging Face checkpoint folder")
+    ap.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
+    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    ap.add_argument("--max-batch", type=int, default=None, help="largest batch the deployment will use")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    ap.add_argument("--no-verify", action="store_true", help="skip the parity gate (not recommended)")
+    ap.add_argument(
+        "--verify-audio", type=Path, default=None, help="folder or manifest of speech for the gate"
+    )
+    ap.add_argument("--allow-pickle", action="store_true", help="accept pytorch_model.bin (runs pickle code)")
+    ap.add_argument("--max-abs-diff", type=float, default=PARITY_MAX_ABS_DIFF, help="gate: max |logit diff|")
+    ap.add_argument(
+        "--min-agreement",
+        type=float,
+        default=PARITY_MIN_ARGMAX_AGREEMENT,
+        help="gate: frame argmax agreement",
+    )
+    return ap
+
+
+def _export(args: argparse.Namespace) -> int:
+    from xlsr_edge.export import ExportOptions, export_bundle
+    from xlsr_edge.export.parity import ParityThresholds
+
+    options = ExportOptions(
+        opset=args.opset,
+        max_batch=args.max_batch,
+        overwrite=args.overwrite,
+        verify=not args.no_verify,
+        verify_audio=args.verify_audio,
+        allow_pickle=args.allow_pickle,
+        thresholds=ParityThresholds(max_abs_diff=args.max_abs_diff, min_argmax_agreement=args.min_agreement),
+    )
+    manifest = export_bundle(args.checkpoint, args.output, options)
+    p = manifest.parity or {}
+    gate = "skipped" if "skipped" in p else f"passed (max |diff| {p['vs_pytorch']['max_abs_diff']:.2e})"
+    print(f"wrote {args.output}: {manifest.precision}, opset {manifest.opset}, parity gate {gate}")
+    return EXIT_OK
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    args = _export_parser().parse_args(argv)
+    return _run(_export, args)
+
+
+# -- inspect --------------------------------------------------------------------------------------------------
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from xlsr_edge.bundle import read_manifest, verify_files
+
+    manifest = read_manifest(args.bundle)
+    checks = verify_files(args.bundle, manifest)
+    bad = [c for c in checks if c.status != "ok"]
+    data = manifest.to_json()
+    data["verification"] = {c.path: c.status for c in checks}
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        m = manifest.model
+        print(f"bundle        {args.bundle}")
+        print(
+            f"schema        {manifest.schema_version}   precision {manifest.precision}   opset {manifest.opset}"
+        )
+        print(f"vocabulary    {len(m.vocab)} tokens, blank id {m.blank_id}, delimiter {m.word_delimiter!r}")
+        print(
+            f"audio         {m.sample_rate} Hz, do_normalize={m.do_normalize}, frame stride {m.frame_stride_samples}"
+            f" samples, receptive field {m.receptive_field_samples}"
+        )
+        print(f"padding       {'attention_mask' if m.uses_attention_mask else 'none: feed unpadded'}")
+        print(
+            f"source        {manifest.source.get('path')} sha256 {str(manifest.source.get('sha256'))[:16]}…"
+        )
+        p = manifest.parity or {}
+        if "vs_pytorch" in p:
+            v = p["vs_pytorch"]
+            print(
+                f"parity        {'passed' if p.get('passed') else 'FAILED'}: max |diff| {v['max_abs_diff']:.2e}, "
+                f"argmax agreement {v['argmax_agreement']:.4f}, transcripts equal {v['transcripts_equal']}"
+            )
+        else:
+            print(f"parity        {p.get('skipped', 'none')}")
+        for extra_key in ("precision_report", "engine"):
+            if extra_key in manifest.extra:
+                print(f"{extra_key:<13} {json.dumps(manifest.extra[extra_key], ensure_ascii=False)}")
+        for c in checks:
+            print(f"file          {c.path}: {c.status}")
+    if bad:
+        print(
+            "error: bundle verification failed: " + ", ".join(f"{c.path} {c.status}" for c in bad),
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    return EXIT_OK
+
+
+# -- transcribe -----------------------------------------------------------------------------------------------
+
+
+def expand_inputs(specs: Sequence[str]) -> list[tuple[str, Path]]:
+    """(label, path) per audio: a folder expands to its audio files, a manifest to its entries.
+
+    The label is the path exactly as the user (or the manifest) wrote it, so output joins back to manifests.
+    """
+    from xlsr_edge.calibration import read_manifest
+    from xlsr_edge.runtime.audio import AUDIO_EXTENSIONS
+
+    out: list[tuple[str, Path]] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            out += [(str(f), f) for f in sorted(p.rglob("*")) if f.suffix.lower() in AUDIO_EXTENSIONS]
+        elif p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
+            out += [(u.raw_path or str(u.audio), u.audio) for u in read_manifest(p, check_audio=False)]
+        else:
+            out.append((spec, p))
+    return out
+
+
+def _decoder_options(args: argparse.Namespace):
+    from xlsr_edge.decoders import BeamOptions, GreedyOptions
+
+    if args.decoder == "greedy":
+        if args.lm or args.hotword:
+            raise XlsrEdgeError("--lm and --hotword need --decoder beam")
+        return GreedyOptions()
+    return BeamOptions(
+        beam_width=args.beam_width,
+        alpha=args.alpha,
+        beta=args.beta,
+        lm_path=str(args.lm) if args.lm else None,
+        hotwords=tuple(args.hotword or ()),
+        hotword_weight=args.hotword_weight,
+        num_workers=args.workers,
+    )
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from xlsr_edge.runtime import Recognizer, TranscribeOptions
+
+    options = TranscribeOptions(
+        batch_size=args.batch_size,
+        chunk_seconds=args.chunk_seconds if args.chunk_seconds > 0 else None,
+        context_seconds=args.context_seconds,
+    )
+    inputs = expand_inputs(args.audio)
+    if not inputs:
+        raise XlsrEdgeError("no audio files found in the given inputs")
+    with Recognizer.from_bundle(
+        args.bundle,
+        backend=args.backend,
+        providers=args.providers,
+        threads=args.threads,
+        decoder=_decoder_options(args),
+    ) as rec:
+        results = rec.transcribe(
+            [p for _, p in inputs], options, progress=len(inputs) > 1 and sys.stderr.isatty()
+        )
+    failed = 0
+    for (label, _), t in zip(inputs, results):
+        t.audio = label
+        if t.error:
+            failed += 1
+        if args.json:
+            print(json.dumps(t.to_json(), ensure_ascii=False))
+        elif t.error:
+            print(f"{label}\terror: {t.error}")
+        else:
+            print(f"{label}\t{t.text}")
+    if failed:
+        print(f"{failed} of {len(results)} inputs failed", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+# -- lm -------------------------------------------------------------------------------------------------------
+
+
+def _lm_build(args: argparse.Namespace) -> int:
+    from xlsr_edge.decoders.lm import build_lm
+
+    out = build_lm(args.text, args.output, order=args.order)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+# -- main -----------------------------------------------------------------------------------------------------
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="xlsr-edge", description="Run and inspect xlsr-edge bundles.")
+    ap.add_argument("--version", action="version", version=f"xlsr-edge {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="print a bundle's manifest and verify every file hash")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_inspect)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files, folders or manifests")
+    p.add_argument("bundle", type=Path)
+    p.add_argument(
+        "audio", nargs="+", help="audio files, folders, or manifests (NeMo JSONL, one path per line)"
+    )
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument(
+        "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
+    )
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
+    p.add_argument("--lm", type=Path, default=None, help="KenLM model (.arpa or .bin), beam decoder only")
+    p.add_argument("--hotword", action="append", help="boost this word (repeatable), beam decoder only")
+    p.add_argument("--hotword-weight", type=float, default=10.0)
+    p.add_argument("--beam-width", type=int, default=100)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--beta", type=float, default=1.5)
+    p.add_argument("--workers", type=int, default=0, help="beam decoding processes")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="0 disables chunking")
+    p.add_argument("--context-seconds", type=float, default=DEFAULT_CHUNK_CONTEXT_SECONDS)
+    p.add_argument("--json", action="store_true", help="JSON lines with words and timestamps")
+    p.set_defaults(fn=_transcribe)
+
+    lm = sub.add_parser("lm", help="language models").add_subparsers(dest="lm_command", required=True)
+    p = lm.add_parser("build", help="build a KenLM n-gram model with lmplz/build_binary")
+    p.add_argument("text", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="LM.arpa or LM.bin")
+    p.add_argument("--order", type=int, default=3)
+    p.set_defaults(fn=_lm_build)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _main_parser().parse_args(argv)
+    return _run(args.fn, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Constants shared by the export and runtime halves (one place, like pyctcdecode's constants)."""
+
+from __future__ import annotations
+
+# Bundle layout
+SCHEMA_VERSION = 1
+BUNDLE_JSON = "bundle.json"
+MODEL_ONNX = "model.onnx"
+MODEL_ONNX_DATA = "model.onnx.data"
+
+# Graph IO names: the runtime and every exporter agree on these.
+INPUT_VALUES = "input_values"
+ATTENTION_MASK = "attention_mask"
+OUTPUT_LOGITS = "logits"
+OUTPUT_LENGTHS = "logit_lengths"
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 17
+# ONNX protobuf files cannot exceed 2 GiB; above this many bytes of weights we write external data.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+# Feature extractor normalization epsilon used by transformers' Wav2Vec2FeatureExtractor.
+NORMALIZE_EPS = 1e-7
+
+# Parity gate defaults (fp32 export vs PyTorch, on speech).
+PARITY_MAX_ABS_DIFF = 1e-3
+PARITY_MIN_ARGMAX_AGREEMENT = 0.999
+PARITY_MIN_UTTERANCES = 3
+
+# Runtime defaults
+DEFAULT_CHUNK_SECONDS = 30.0
+DEFAULT_CHUNK_CONTEXT_SECONDS = 5.0
+DEFAULT_BATCH_SIZE = 8
+
+# Exit codes of the CLIs
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USER_ERROR = 2

@@ -1,0 +1,110 @@
+"""Decoding options: frozen dataclasses validated once, at construction (whisper's DecodingOptions style).
+
+Invalid values raise ValueError with a message that names the field; the CLIs print it as `error: ...`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+# Suffixes of KenLM files the beam decoder accepts (kenlm.Model detects ARPA vs binary by content).
+LM_SUFFIXES = (".arpa", ".arpa.gz", ".bin", ".binary", ".klm")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _path_or_none(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path, got {value!r}")
+    text = os.fspath(value)
+    if not text:
+        raise ValueError(f"{name} must not be empty (use None for no {name})")
+    return text
+
+
+@dataclass(frozen=True)
+class GreedyOptions:
+    """Best path (argmax) decoding. Nothing to configure."""
+
+
+@dataclass(frozen=True)
+class BeamOptions:
+    """CTC prefix beam search (pyctcdecode), optionally fused with a KenLM n-gram model.
+
+    beam_width: beams kept per frame. alpha: LM weight; beta: word insertion bonus (both only used with an LM).
+    lm_path: .arpa, .arpa.gz or KenLM binary (.bin/.binary/.klm). unigrams_path: the LM's words, one per line;
+    None = `<lm stem>.unigrams.txt` next to the LM when it exists (see xlsr_edge.decoders.lm.unigrams_path_for).
+    hotwords: words or phrases boosted by hotword_weight per match. num_workers > 1: the decoder forks its own
+    process pool for batches. beam_prune_logp: drop beams this far below the best; token_min_logp: skip tokens
+    below this log-probability in a frame unless they are its argmax.
+    """
+
+    beam_width: int = 100
+    alpha: float = 0.5
+    beta: float = 1.5
+    lm_path: str | None = None
+    unigrams_path: str | None = None
+    hotwords: tuple[str, ...] = ()
+    hotword_weight: float = 10.0
+    num_workers: int = 0
+    beam_prune_logp: float = -10.0
+    token_min_logp: float = -5.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalize fields in place once, here
+        if not _is_int(self.beam_width) or self.beam_width < 1:
+            raise ValueError(f"beam_width must be an integer >= 1, got {self.beam_width!r}")
+        alpha = _finite("alpha", self.alpha)
+        if alpha < 0:
+            raise ValueError(f"alpha (LM weight) must be >= 0, got {alpha}")
+        set_(self, "alpha", alpha)
+        set_(self, "beta", _finite("beta", self.beta))
+
+        lm_path = _path_or_none("lm_path", self.lm_path)
+        if lm_path is not None and not lm_path.lower().endswith(LM_SUFFIXES):
+            raise ValueError(
+                f"lm_path must be a KenLM model ending in one of {', '.join(LM_SUFFIXES)}, got {lm_path!r}"
+            )
+        set_(self, "lm_path", lm_path)
+        unigrams_path = _path_or_none("unigrams_path", self.unigrams_path)
+        if unigrams_path is not None and lm_path is None:
+            raise ValueError("unigrams_path needs lm_path: unigrams only matter with a language model")
+        set_(self, "unigrams_path", unigrams_path)
+
+        hotwords = self.hotwords
+        if isinstance(hotwords, str):
+            raise ValueError(
+                f"hotwords must be a sequence of strings, not one string ({hotwords!r}); use (word,)"
+            )
+        try:
+            hotwords = tuple(hotwords)
+        except TypeError:
+            raise ValueError(f"hotwords must be a sequence of strings, got {self.hotwords!r}") from None
+        for word in hotwords:
+            if not isinstance(word, str) or not word.strip():
+                raise ValueError(f"every hotword must be a non-empty string, got {word!r}")
+        set_(self, "hotwords", tuple(word.strip() for word in hotwords))
+        set_(self, "hotword_weight", _finite("hotword_weight", self.hotword_weight))
+
+        if not _is_int(self.num_workers) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        for name in ("beam_prune_logp", "token_min_logp"):
+            value = _finite(name, getattr(self, name))
+            if value > 0:
+                raise ValueError(f"{name} is a log-probability threshold and must be <= 0, got {value}")
+            set_(self, name, value)

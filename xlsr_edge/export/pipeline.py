@@ -1,0 +1,93 @@
+"""export_bundle: checkpoint -> ONNX -> parity gate -> bundle folder, written atomically."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xlsr_edge import __version__
+from xlsr_edge.bundle import BundleManifest, atomic_folder, write_manifest
+from xlsr_edge.constants import DEFAULT_OPSET, MIN_OPSET, MODEL_ONNX
+from xlsr_edge.errors import ExportError
+from xlsr_edge.export.checkpoint import inspect_checkpoint, load_model
+from xlsr_edge.export.onnx_export import export_onnx
+from xlsr_edge.export.parity import ParityThresholds, run_parity, verification_audio
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    max_batch: int | None = None
+    overwrite: bool = False
+    verify: bool = True
+    verify_audio: Path | None = None
+    allow_pickle: bool = False
+    thresholds: ParityThresholds = field(default_factory=ParityThresholds)
+
+    def __post_init__(self) -> None:
+        if self.opset < MIN_OPSET:
+            raise ExportError(
+                f"--opset {self.opset} is too old; xlsr-edge needs opset >= {MIN_OPSET} (LayerNormalization)"
+            )
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ExportError("--max-batch must be at least 1")
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"xlsr-edge": __version__, "python": sys.version.split()[0]}
+    for dist in ("torch", "transformers", "onnx", "onnxruntime"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def export_bundle(
+    checkpoint: str | Path, out: str | Path, options: ExportOptions = ExportOptions()
+) -> BundleManifest:
+    """Export a checkpoint folder to a verified bundle. Raises XlsrEdgeError; never leaves a partial bundle."""
+    out = Path(out)
+    if out.exists() and not options.overwrite:
+        raise ExportError(f"output {out} already exists; pass --overwrite to replace it")
+    ckpt = inspect_checkpoint(checkpoint, allow_pickle=options.allow_pickle)
+    info = ckpt.info
+    # read the gate's audio first: a bad --verify-audio should fail before minutes of export
+    audios = verification_audio(options.verify_audio, info.sample_rate) if options.verify else []
+    _log(f"loading {ckpt.folder} ({len(info.vocab)} tokens, feat_extract_norm={info.feat_extract_norm})")
+    model = load_model(ckpt)
+    with atomic_folder(out, overwrite=options.overwrite) as tmp:
+        _log(f"exporting ONNX (opset {options.opset})")
+        facts = export_onnx(model, info, tmp / MODEL_ONNX, options.opset)
+        parity = None
+        if options.verify:
+            _log(f"parity gate on {len(audios)} utterances")
+            parity = run_parity(model, tmp / MODEL_ONNX, info, audios, options.thresholds)
+            parity["audio_source"] = str(options.verify_audio or "shipped clips")
+            if not parity["passed"]:
+                raise ExportError("parity gate failed, no bundle written: " + "; ".join(parity["failures"]))
+        manifest = BundleManifest(
+            model=info,
+            precision="fp32",
+            opset=options.opset,
+            graph=MODEL_ONNX,
+            source=ckpt.digest(),
+            versions=library_versions(),
+            parity=parity if parity is not None else {"skipped": "--no-verify"},
+            extra={
+                "export": facts,
+                "max_batch": options.max_batch,
+                "padding": "padded batches with attention_mask"
+                if info.uses_attention_mask
+                else "feed unpadded, one utterance at a time (group-norm feature encoder)",
+            },
+        )
+        write_manifest(tmp, manifest)
+    return manifest

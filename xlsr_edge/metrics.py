@@ -1,0 +1,346 @@
+"""Word and character error rates, entity micro-WER and confusion counts.
+
+``normalize_text`` is the one text normalization of the project: training transcripts, references and
+hypotheses all go through it, so a WER never counts casing or punctuation as errors. Alignments and
+edit counts come from jiwer (imported lazily; ``pip install 'xlsr-edge[eval]'``), never hand-rolled.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from xlsr_edge.errors import XlsrEdgeError, require
+
+# Languages whose dotted/dotless i pair lower-cases differently: İ -> i and I -> ı.
+TURKIC_LANGUAGES = frozenset({"tr", "az", "tur", "aze", "azj", "azb"})
+# Characters treated as an apostrophe; a word-internal one is kept and written as U+0027.
+APOSTROPHES = frozenset({"'", "\u2019", "\u2018", "\u02bc"})  # ' ’ ‘ ʼ
+
+NORMALIZATION_DESCRIPTION = (
+    "Unicode NFC; lower-case with str.lower() (Turkish/Azerbaijani: İ->i, I->ı, and a stray 'i'+U+0307 "
+    "-> i), then NFC again; apostrophes (' ’ ‘ ʼ) between two letters/digits kept as ', every other "
+    "Unicode punctuation character (categories P*, which include % & @ # / *) replaced by a space; "
+    "symbols (S*: $ € + =) and digits kept; "
+    "whitespace collapsed to single spaces and trimmed. References that are empty after normalization "
+    "are skipped and counted; CER counts the spaces between words as characters (as jiwer does)."
+)
+
+
+def _is_turkic(language: str | None) -> bool:
+    if not language:
+        return False
+    return language.strip().lower().replace("_", "-").split("-")[0] in TURKIC_LANGUAGES
+
+
+def _is_word_char(ch: str) -> bool:
+    return ch.isalnum() or unicodedata.category(ch).startswith("M")
+
+
+def normalize_text(s: str, language: str | None = None) -> str:
+    """Normalize a transcript for training and for scoring (idempotent).
+
+    1. Unicode NFC, so "e" + U+0301 and "é" are the same text.
+    2. Lower-case. ``str.lower()`` rather than ``casefold()`` (casefold rewrites letters, e.g. ß -> ss).
+       ``str.lower()`` is locale-independent, which is wrong for Turkish and Azerbaijani: it maps "I" to
+       "i" (should be dotless "ı") and "İ" to "i" + U+0307 COMBINING DOT ABOVE (should be plain "i").
+       With ``language`` "tr"/"az" (also "tr-TR", "tur", "aze") we map İ->i and I->ı first and also
+       repair a "i" + U+0307 left by an earlier naive lower-casing. Other languages get plain
+       ``str.lower()``, so "İ" becomes "i" + U+0307 there (consistently for references, hypotheses and
+       training text). Then NFC again.
+    3. Punctuation: every character of Unicode category P* becomes a space ("well-known" -> "well known",
+       "3.5" -> "3 5"), except an apostrophe (' ’ ‘ ʼ) between two letters/digits, which is kept and
+       written as ASCII ' ("Türkiye'nin", "don't", "м'ясо" stay one word; quotes around words go).
+       Note that Unicode files % & @ # * / under punctuation (Po), so they go too; symbols (category S*:
+       $ € + = < > etc.) and digits are kept.
+    4. Whitespace (any Unicode space) collapsed to single spaces, trimmed.
+    """
+    s = unicodedata.normalize("NFC", s)
+    turkic = _is_turkic(language)
+    if turkic:
+        s = s.replace("İ", "i").replace("I", "ı")
+    s = s.lower()
+    if turkic:
+        s = s.replace("i\u0307", "i")
+    s = unicodedata.normalize("NFC", s)
+    out = []
+    last = len(s) - 1
+    for i, ch in enumerate(s):
+        if ch in APOSTROPHES:
+            inside = 0 < i < last and _is_word_char(s[i - 1]) and _is_word_char(s[i + 1])
+            out.append("'" if inside else " ")
+        elif unicodedata.category(ch).startswith("P"):
+            out.append(" ")
+        else:
+            out.append(ch)
+    return " ".join("".join(out).split())
+
+
+@dataclass(frozen=True)
+class ErrorRates:
+    """Corpus-level error rates: summed errors / summed reference length (not a mean of utterance rates)."""
+
+    wer: float
+    cer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    hits: int
+    ref_words: int
+    char_substitutions: int
+    char_deletions: int
+    char_insertions: int
+    char_hits: int
+    ref_chars: int  # includes the spaces between words
+    utterances: int  # utterances scored
+    skipped_empty_refs: int  # utterances not scored because the reference is empty after normalization
+
+    @property
+    def word_errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def char_errors(self) -> int:
+        return self.char_substitutions + self.char_deletions + self.char_insertions
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    indices: list[int]  # positions (in the caller's lists) of the scored utterances
+    refs: list[str]  # normalized
+    hyps: list[str]  # normalized
+    all_refs: list[str]
+    all_hyps: list[str]
+
+
+def _prepare(refs: Sequence[str], hyps: Sequence[str], language: str | None, normalize: bool) -> _Scored:
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    if normalize:
+        all_refs = [normalize_text(r, language) for r in refs]
+        all_hyps = [normalize_text(h, language) for h in hyps]
+    else:
+        all_refs, all_hyps = list(refs), list(hyps)
+    indices = [i for i, r in enumerate(all_refs) if r.split()]
+    return _Scored(
+        indices=indices,
+        refs=[all_refs[i] for i in indices],
+        hyps=[all_hyps[i] for i in indices],
+        all_refs=all_refs,
+        all_hyps=all_hyps,
+    )
+
+
+def _jiwer():
+    return require("jiwer", "eval", "needed to compute WER/CER")
+
+
+def _counts(chunks) -> tuple[int, int, int, int]:
+    """(hits, substitutions, deletions, insertions) of one utterance's jiwer alignment."""
+    h = s = d = n = 0
+    for c in chunks:
+        if c.type == "equal":
+            h += c.ref_end_idx - c.ref_start_idx
+        elif c.type == "substitute":
+            s += c.ref_end_idx - c.ref_start_idx
+        elif c.type == "delete":
+            d += c.ref_end_idx - c.ref_start_idx
+        elif c.type == "insert":
+            n += c.hyp_end_idx - c.hyp_start_idx
+    return h, s, d, n
+
+
+def error_rates(
+    refs: Sequence[str], hyps: Sequence[str], *, language: str | None = None, normalize: bool = True
+) -> ErrorRates:
+    """Corpus WER and CER with jiwer.process_words / jiwer.process_characters.
+
+    Both sides go through ``normalize_text(..., language)`` unless ``normalize=False``. Utterances whose
+    reference is empty (after normalization) are left out of both rates and counted in
+    ``skipped_empty_refs`` (an empty reference has no length to divide by, and its insertions would
+    otherwise be charged to other utterances' references). An empty hypothesis is scored: all its
+    reference words are deletions. CER counts the spaces between words as characters, as jiwer does.
+    Raises XlsrEdgeError when no utterance has a non-empty reference.
+    """
+    sc = _prepare(refs, hyps, language, normalize)
+    skipped = len(refs) - len(sc.indices)
+    if not sc.indices:
+        raise XlsrEdgeError(
+            f"no reference transcripts to score ({skipped} utterances, all with empty text); "
+            f"use a manifest with a text/sentence column to compute WER"
+        )
+    jiwer = _jiwer()
+    w = jiwer.process_words(sc.refs, sc.hyps)
+    c = jiwer.process_characters(sc.refs, sc.hyps)
+    ref_words = w.hits + w.substitutions + w.deletions
+    ref_chars = c.hits + c.substitutions + c.deletions
+    return ErrorRates(
+        wer=(w.substitutions + w.deletions + w.insertions) / ref_words,
+        cer=(c.substitutions + c.deletions + c.insertions) / ref_chars,
+        substitutions=w.substitutions,
+        deletions=w.deletions,
+        insertions=w.insertions,
+        hits=w.hits,
+        ref_words=ref_words,
+        char_substitutions=c.substitutions,
+        char_deletions=c.deletions,
+        char_insertions=c.insertions,
+        char_hits=c.hits,
+        ref_chars=ref_chars,
+        utterances=len(sc.indices),
+        skipped_empty_refs=skipped,
+    )
+
+
+def per_utterance(
+    refs: Sequence[str], hyps: Sequence[str], *, language: str | None = None, normalize: bool = True
+) -> list[dict[str, Any]]:
+    """One row per utterance (same order as the input), with the normalized texts that were scored.
+
+    Keys: index, ref, hyp, wer, cer, hits, substitutions, deletions, insertions, word_errors, ref_words,
+    char_errors, ref_chars, skipped. Rows for empty references have ``skipped=True`` and ``wer``/``cer``
+    None (their word/char errors are still the hypothesis length, as insertions).
+    """
+    sc = _prepare(refs, hyps, language, normalize)
+    rows: list[dict[str, Any]] = []
+    for i, (r, h) in enumerate(zip(sc.all_refs, sc.all_hyps, strict=True)):
+        rows.append(
+            {
+                "index": i,
+                "ref": r,
+                "hyp": h,
+                "wer": None,
+                "cer": None,
+                "hits": 0,
+                "substitutions": 0,
+                "deletions": 0,
+                "insertions": len(h.split()),
+                "word_errors": len(h.split()),
+                "ref_words": 0,
+                "char_errors": len(h.strip()),
+                "ref_chars": 0,
+                "skipped": True,
+            }
+        )
+    if not sc.indices:
+        return rows
+    jiwer = _jiwer()
+    w = jiwer.process_words(sc.refs, sc.hyps)
+    c = jiwer.process_characters(sc.refs, sc.hyps)
+    for k, i in enumerate(sc.indices):
+        hits, subs, dels, ins = _counts(w.alignments[k])
+        chits, csubs, cdels, cins = _counts(c.alignments[k])
+        n_words, n_chars = hits + subs + dels, chits + csubs + cdels
+        rows[i].update(
+            wer=(subs + dels + ins) / n_words,
+            cer=(csubs + cdels + cins) / n_chars,
+            hits=hits,
+            substitutions=subs,
+            deletions=dels,
+            insertions=ins,
+            word_errors=subs + dels + ins,
+            ref_words=n_words,
+            char_errors=csubs + cdels + cins,
+            ref_chars=n_chars,
+            skipped=False,
+        )
+    return rows
+
+
+def _entity_positions(
+    ref_words: list[str], entities: Sequence[str], language: str | None, normalize: bool
+) -> set[int]:
+    marked: set[int] = set()
+    for e in entities:
+        seq = (normalize_text(e, language) if normalize else e).split()
+        k = len(seq)
+        if not k:
+            continue
+        for j in range(len(ref_words) - k + 1):
+            if ref_words[j : j + k] == seq:
+                marked.update(range(j, j + k))
+    return marked
+
+
+def micro_wer(
+    refs: Sequence[str],
+    hyps: Sequence[str],
+    entities_per_utt: Sequence[Sequence[str]],
+    *,
+    language: str | None = None,
+    normalize: bool = True,
+) -> float | None:
+    """WER restricted to entity words (numbers, names): errors on entity words / entity-word count.
+
+    Exactly: references, hypotheses and entity strings are normalized with ``normalize_text``. In each
+    reference, every occurrence of an entity's word sequence (contiguous, whole words; an entity that
+    does not occur in its reference is ignored) marks those word positions as entity words; overlapping
+    occurrences are counted once per position. The reference and hypothesis words are aligned with
+    jiwer.process_words; a marked position that falls in a "substitute" or "delete" chunk is one error.
+    Insertions are never counted (not even next to an entity), and nothing outside marked positions is.
+    Denominator: the number of marked positions over all utterances. Utterances with an empty reference
+    are skipped. Returns None when no entity word occurs in any reference.
+    """
+    if len(entities_per_utt) != len(refs):
+        raise ValueError(f"{len(refs)} references but {len(entities_per_utt)} entity lists")
+    sc = _prepare(refs, hyps, language, normalize)
+    marks = []
+    for k, i in enumerate(sc.indices):
+        marks.append(_entity_positions(sc.refs[k].split(), entities_per_utt[i], language, normalize))
+    total = sum(len(m) for m in marks)
+    if total == 0:
+        return None
+    w = _jiwer().process_words(sc.refs, sc.hyps)
+    errors = 0
+    for k, marked in enumerate(marks):
+        if not marked:
+            continue
+        for chunk in w.alignments[k]:
+            if chunk.type in ("substitute", "delete"):
+                errors += sum(1 for p in range(chunk.ref_start_idx, chunk.ref_end_idx) if p in marked)
+    return errors / total
+
+
+def char_confusions(
+    refs: Sequence[str],
+    hyps: Sequence[str],
+    top: int | None = 20,
+    *,
+    language: str | None = None,
+    normalize: bool = True,
+) -> list[tuple[str, str, int]]:
+    """Most frequent character errors from jiwer's character alignment, as (ref_char, hyp_char, count).
+
+    Substitutions are (r, h, n); deletions (r, "", n); insertions ("", h, n). A space is " ". Sorted by
+    count (descending), then by the characters; ``top=None`` returns all. Empty references are skipped.
+    """
+    sc = _prepare(refs, hyps, language, normalize)
+    if not sc.indices:
+        return []
+    c = _jiwer().process_characters(sc.refs, sc.hyps)
+    counts: Counter[tuple[str, str]] = Counter()
+    for ref_chars, hyp_chars, chunks in zip(c.references, c.hypotheses, c.alignments, strict=True):
+        for ch in chunks:
+            if ch.type == "substitute":
+                for r, h in zip(
+                    ref_chars[ch.ref_start_idx : ch.ref_end_idx],
+                    hyp_chars[ch.hyp_start_idx : ch.hyp_end_idx],
+                    strict=True,
+                ):
+                    counts[(r, h)] += 1
+            elif ch.type == "delete":
+                for r in ref_chars[ch.ref_start_idx : ch.ref_end_idx]:
+                    counts[(r, "")] += 1
+            elif ch.type == "insert":
+                for h in hyp_chars[ch.hyp_start_idx : ch.hyp_end_idx]:
+                    counts[("", h)] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if top is not None:
+        ranked = ranked[:top]
+    return [(r, h, n) for (r, h), n in ranked]

@@ -1,0 +1,167 @@
+"""One runner interface (activate / infer / deactivate), one backend per engine (Polygraphy style)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xlsr_edge.constants import ATTENTION_MASK, INPUT_VALUES, OUTPUT_LENGTHS, OUTPUT_LOGITS
+from xlsr_edge.errors import XlsrEdgeError
+
+
+class Runner(ABC):
+    """Runs a bundle's graph: float32 [batch, samples] (+ int64 mask) -> logits [batch, frames, vocab], lengths."""
+
+    name = "runner"
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def activate(self) -> Runner:
+        if not self.active:
+            self._activate()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None:
+        """Free sessions/engines; default: nothing to do."""
+
+    @abstractmethod
+    def infer(
+        self, input_values: np.ndarray, attention_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (logits float32 [B, T, V], logit_lengths int64 [B])."""
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+
+
+def resolve_providers(providers: Sequence[str] | str | None, trt_cache_dir: Path | None = None) -> list:
+    """Map short names (cpu, cuda, tensorrt) to onnxruntime providers; refuse ones this build lacks."""
+    import onnxruntime as ort
+
+    if providers is None:
+        providers = ["cpu"]
+    if isinstance(providers, str):
+        providers = [p for p in providers.split(",") if p]
+    available = ort.get_available_providers()
+    out: list = []
+    for p in providers:
+        full = _PROVIDER_ALIASES.get(p.lower(), p)
+        if full not in available:
+            raise XlsrEdgeError(
+                f"onnxruntime provider {full} is not available here (available: {', '.join(available)}); "
+                "install onnxruntime-gpu for CUDA/TensorRT, or use --providers cpu"
+            )
+        if full == "TensorrtExecutionProvider" and trt_cache_dir is not None:
+            trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            out.append((full, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir)}))
+        else:
+            out.append(full)
+    if "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in out]:
+        out.append("CPUExecutionProvider")  # fallback for nodes an accelerator provider does not take
+    return out
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+        trt_cache_dir: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_path = Path(model_path)
+        self.providers = providers
+        self.threads = threads
+        self.trt_cache_dir = trt_cache_dir
+        self.session = None
+        self.uses_mask = False
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.model_path), opts, providers=resolve_providers(self.providers, self.trt_cache_dir)
+            )
+        except XlsrEdgeError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise XlsrEdgeError(f"onnxruntime cannot load {self.model_path}: {exc}") from exc
+        self.uses_mask = ATTENTION_MASK in {i.name for i in self.session.get_inputs()}
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def infer(
+        self, input_values: np.ndarray, attention_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.session is None:
+            self.activate()
+        feeds = {INPUT_VALUES: np.ascontiguousarray(input_values, dtype=np.float32)}
+        if self.uses_mask:
+            if attention_mask is None:
+                attention_mask = np.ones(input_values.shape, dtype=np.int64)
+            feeds[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        logits, lengths = self.session.run([OUTPUT_LOGITS, OUTPUT_LENGTHS], feeds)
+        return logits, lengths
+
+
+RunnerFactory = Callable[..., Runner]
+_BACKENDS: dict[str, RunnerFactory] = {}
+
+
+def register_backend(name: str, factory: RunnerFactory) -> None:
+    _BACKENDS[name] = factory
+
+
+register_backend(
+    "onnxruntime",
+    lambda folder, manifest, **kw: OnnxRuntimeRunner(Path(folder) / manifest.graph, **kw),
+)
+
+
+def make_runner(backend: str, folder: Path, manifest, **kwargs) -> Runner:
+    try:
+        factory = _BACKENDS[backend]
+    except KeyError:
+        raise XlsrEdgeError(
+            f"unknown backend {backend!r}; choose one of {', '.join(sorted(_BACKENDS))}"
+        ) from None
+    return factory(folder, manifest, **kwargs)
+
+
+def backends() -> list[str]:
+    return sorted(_BACKENDS)
