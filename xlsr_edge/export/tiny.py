@@ -42,7 +42,7 @@ def build_checkpoint(
     chars: list[str] | None = None,
     seed: int = 0,
     safetensors: bool = True,
-    head_gain: float = 30.0,
+    head_gain: float = 8.0,
     **config_overrides,
 ) -> Path:
     """Write a complete fine-tuned-style checkpoint folder (model, vocab.json, tokenizer, feature extractor)."""
