@@ -273,6 +273,13 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="LM.arpa or LM.bin")
     p.add_argument("--order", type=int, default=3)
     p.set_defaults(fn=_lm_build)
+
+    import importlib
+
+    from xlsr_edge.commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return ap
 
 
