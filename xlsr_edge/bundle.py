@@ -134,15 +134,18 @@ def hash_files(folder: Path) -> dict[str, str]:
     folder = Path(folder)
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != BUNDLE_JSON:
+        if p.is_file() and p.name != BUNDLE_JSON and not p.name.startswith("."):
             out[p.relative_to(folder).as_posix()] = sha256_file(p)
     return out
 
 
 def write_manifest(folder: Path, manifest: BundleManifest) -> Path:
+    """Hash every file and write bundle.json atomically (temp file + rename: readers never see half of it)."""
     manifest.files = hash_files(folder)
     path = Path(folder) / BUNDLE_JSON
-    path.write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{BUNDLE_JSON}.tmp")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 
@@ -188,7 +191,7 @@ def verify_files(folder: Path, manifest: BundleManifest) -> list[FileCheck]:
     listed = set(manifest.files)
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and p.name != BUNDLE_JSON and rel not in listed:
+        if p.is_file() and p.name != BUNDLE_JSON and not p.name.startswith(".") and rel not in listed:
             checks.append(FileCheck(rel, "unlisted"))
     return checks
 

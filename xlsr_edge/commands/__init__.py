@@ -8,4 +8,5 @@ COMMAND_MODULES = (
     "xlsr_edge.commands.evaluate",
     "xlsr_edge.commands.bench",
     "xlsr_edge.commands.train",
+    "xlsr_edge.commands.engine",
 )

@@ -96,6 +96,8 @@ class Recognizer:
         kwargs = dict(runner_kwargs)
         if backend == "onnxruntime":
             kwargs.update(providers=providers, threads=threads)
+        elif providers not in (None, "cpu") or threads:
+            raise XlsrEdgeError(f"--providers/--threads apply to the onnxruntime backend, not {backend}")
         runner = make_runner(backend, folder, manifest, **kwargs).activate()
         if not isinstance(decoder, Decoder):
             decoder = make_decoder(Vocabulary.from_model_info(manifest.model), decoder or GreedyOptions())
@@ -136,6 +138,12 @@ class Recognizer:
         """Stage 3: split long inputs into overlapping windows aligned to frames."""
         rate = self.info.sample_rate
         chunk = None if options.chunk_seconds is None else int(options.chunk_seconds * rate)
+        context = int(options.context_seconds * rate)
+        limit = self.runner.max_samples
+        if limit:  # an engine profile caps the window: core + 2 * context + (receptive field - stride)
+            room = limit - (self.info.receptive_field_samples - self.info.frame_stride_samples)
+            context = min(context, room // 4)
+            chunk = room - 2 * context if chunk is None else min(chunk, room - 2 * context)
         out: list[Window] = []
         for i, it in enumerate(items):
             if it.samples is None:
@@ -147,7 +155,7 @@ class Recognizer:
                 receptive_field=self.info.receptive_field_samples,
                 total_frames=it.frames,
                 chunk_samples=chunk,
-                context_samples=int(options.context_seconds * rate),
+                context_samples=context,
             )
         return out
 
@@ -159,7 +167,8 @@ class Recognizer:
         # models without an attention mask must never see padding: batch equal lengths only
         max_padding = options.max_padding if self.info.uses_attention_mask else 0.0
         stride = self.info.frame_stride_samples
-        for batch in bucket([w.num_samples for w in windows], options.batch_size, max_padding):
+        batch_size = min(options.batch_size, self.runner.max_batch or options.batch_size)
+        for batch in bucket([w.num_samples for w in windows], batch_size, max_padding):
             ws = [windows[j] for j in batch]
             values, mask = pad_batch([items[w.item].samples[w.start : w.end] for w in ws])
             logits, lengths = self.runner.infer(values, mask)

@@ -16,6 +16,9 @@ class Runner(ABC):
     """Runs a bundle's graph: float32 [batch, samples] (+ int64 mask) -> logits [batch, frames, vocab], lengths."""
 
     name = "runner"
+    # Shape limits of the engine (TensorRT profiles); None = any. The Recognizer chunks and batches to fit.
+    max_batch: int | None = None
+    max_samples: int | None = None
 
     def __init__(self) -> None:
         self.active = False
@@ -153,7 +156,15 @@ register_backend(
 )
 
 
+# backends whose module registers itself on import (kept out of the import path until asked for)
+_LAZY_BACKENDS = {"tensorrt": "xlsr_edge.runtime.tensorrt"}
+
+
 def make_runner(backend: str, folder: Path, manifest, **kwargs) -> Runner:
+    if backend not in _BACKENDS and backend in _LAZY_BACKENDS:
+        import importlib
+
+        importlib.import_module(_LAZY_BACKENDS[backend])
     try:
         factory = _BACKENDS[backend]
     except KeyError:
@@ -164,4 +175,4 @@ def make_runner(backend: str, folder: Path, manifest, **kwargs) -> Runner:
 
 
 def backends() -> list[str]:
-    return sorted(_BACKENDS)
+    return sorted(set(_BACKENDS) | set(_LAZY_BACKENDS))
