@@ -45,7 +45,7 @@ def _export_parser() -> argparse.ArgumentParser:
         prog="export-xlsr",
         description="Export a fine-tuned XLS-R/Wav2Vec2 CTC checkpoint folder to a verified ONNX bundle.",
     )
-    ap.add_argument("checkpoint", type=Path, help="local Hugging Face checkpoint folder")
+    ap.add_argument("checkpoint", type=Path, nargs="?", help="local Hugging Face checkpoint folder")
     ap.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     ap.add_argument("--max-batch", type=int, default=None, help="largest batch the deployment will use")
@@ -62,7 +62,53 @@ def _export_parser() -> argparse.ArgumentParser:
         default=PARITY_MIN_ARGMAX_AGREEMENT,
         help="gate: frame argmax agreement",
     )
+    m = ap.add_argument_group("multi-language (one backbone, a head per language)")
+    m.add_argument("--multi", nargs="+", metavar="LANG=CKPT", help="checkpoints sharing one frozen backbone")
+    m.add_argument(
+        "--lid-data", nargs="+", metavar="LANG=MANIFEST", help="speech per language for language ID"
+    )
+    m.add_argument(
+        "--lid-threshold", type=float, default=0.5, help="below it, the --below-threshold policy applies"
+    )
+    m.add_argument(
+        "--below-threshold",
+        choices=["all", "unknown"],
+        default="all",
+        help="all: run every head and keep the most confident; unknown: answer language 'unknown'",
+    )
     return ap
+
+
+def parse_pairs(items: Sequence[str] | None, what: str) -> dict[str, Path]:
+    """LANG=PATH pairs, in the order given."""
+    out: dict[str, Path] = {}
+    for item in items or ():
+        lang, sep, path = item.partition("=")
+        if not sep or not lang or not path:
+            raise XlsrEdgeError(f"{what} expects LANG=PATH, got {item!r}")
+        if lang in out:
+            raise XlsrEdgeError(f"{what} names {lang} twice")
+        out[lang] = Path(path)
+    return out
+
+
+def _export_multi(args: argparse.Namespace, options) -> int:
+    from xlsr_edge.export.multi import LidOptions, export_multi
+
+    if args.checkpoint is not None:
+        raise XlsrEdgeError("give either CHECKPOINT or --multi LANG=CKPT ..., not both")
+    lid_data = parse_pairs(args.lid_data, "--lid-data")
+    specs = parse_pairs(args.multi, "--multi")
+    if lid_data and set(lid_data) != set(specs):
+        raise XlsrEdgeError(f"--lid-data must cover the same languages as --multi ({', '.join(specs)})")
+    lid = LidOptions(lid_data, args.lid_threshold, args.below_threshold) if lid_data else None
+    manifest = export_multi(specs, args.output, options, lid)
+    acc = (manifest.extra.get("lid") or {}).get("holdout_accuracy")
+    print(
+        f"wrote {args.output}: {', '.join(specs)} on one backbone"
+        + (f", language ID held-out accuracy {acc:.3f}" if acc is not None else ", no language ID")
+    )
+    return EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -78,6 +124,10 @@ def _export(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         thresholds=ParityThresholds(max_abs_diff=args.max_abs_diff, min_argmax_agreement=args.min_agreement),
     )
+    if args.multi:
+        return _export_multi(args, options)
+    if args.checkpoint is None:
+        raise XlsrEdgeError("give a CHECKPOINT folder (or --multi LANG=CKPT ...)")
     manifest = export_bundle(args.checkpoint, args.output, options)
     p = manifest.parity or {}
     gate = "skipped" if "skipped" in p else f"passed (max |diff| {p['vs_pytorch']['max_abs_diff']:.2e})"
@@ -196,9 +246,12 @@ def _transcribe(args: argparse.Namespace) -> int:
     with Recognizer.from_bundle(
         args.bundle,
         backend=args.backend,
-        providers=args.providers,
+        providers=args.providers if args.backend == "onnxruntime" else None,
         threads=args.threads,
         decoder=_decoder_options(args),
+        language=args.language,
+        lid_threshold=args.lid_threshold,
+        below_threshold=args.below_threshold,
     ) as rec:
         results = rec.transcribe(
             [p for _, p in inputs], options, progress=len(inputs) > 1 and sys.stderr.isatty()
@@ -217,6 +270,21 @@ def _transcribe(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(results)} inputs failed", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _add_language(args: argparse.Namespace) -> int:
+    from xlsr_edge.export import ExportOptions
+    from xlsr_edge.export.multi import add_language
+
+    manifest = add_language(
+        args.bundle,
+        args.language,
+        args.checkpoint,
+        args.lid_data,
+        ExportOptions(overwrite=True, verify=not args.no_verify),
+    )
+    print(f"{args.bundle}: languages {', '.join(manifest.extra['languages'])}")
+    return EXIT_OK
 
 
 # -- lm -------------------------------------------------------------------------------------------------------
@@ -265,7 +333,29 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="0 disables chunking")
     p.add_argument("--context-seconds", type=float, default=DEFAULT_CHUNK_CONTEXT_SECONDS)
     p.add_argument("--json", action="store_true", help="JSON lines with words and timestamps")
+    p.add_argument("--language", default=None, help="multi-language bundles: use this head, skip language ID")
+    p.add_argument(
+        "--lid-threshold", type=float, default=None, help="multi-language bundles: override the bundle's"
+    )
+    p.add_argument(
+        "--below-threshold",
+        choices=["all", "unknown"],
+        default=None,
+        help="multi-language bundles: below the threshold run all heads, or answer 'unknown'",
+    )
     p.set_defaults(fn=_transcribe)
+
+    p = sub.add_parser(
+        "add-language", help="add a language head (trained on the bundle's backbone) to a bundle"
+    )
+    p.add_argument("bundle", type=Path)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--language", required=True)
+    p.add_argument(
+        "--lid-data", type=Path, default=None, help="speech of the new language, to retrain language ID"
+    )
+    p.add_argument("--no-verify", action="store_true")
+    p.set_defaults(fn=_add_language)
 
     lm = sub.add_parser("lm", help="language models").add_subparsers(dest="lm_command", required=True)
     p = lm.add_parser("build", help="build a KenLM n-gram model with lmplz/build_binary")

@@ -13,6 +13,7 @@ INPUT_VALUES = "input_values"
 ATTENTION_MASK = "attention_mask"
 OUTPUT_LOGITS = "logits"
 OUTPUT_LENGTHS = "logit_lengths"
+OUTPUT_HIDDEN = "hidden_states"  # multi-language backbones: per-language heads are applied in numpy
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17

@@ -14,6 +14,7 @@ from xlsr_edge.constants import (
     EXTERNAL_DATA_THRESHOLD,
     INPUT_VALUES,
     MODEL_ONNX_DATA,
+    OUTPUT_HIDDEN,
     OUTPUT_LENGTHS,
     OUTPUT_LOGITS,
 )
@@ -41,9 +42,11 @@ def fold_weight_norm(model: nn.Module) -> int:
 class CTCExportWrapper(nn.Module):
     """(input_values, attention_mask?) -> (logits, logit_lengths) with lengths from the conv formula."""
 
-    def __init__(self, model: nn.Module, info: ModelInfo) -> None:
+    def __init__(self, model: nn.Module, info: ModelInfo, backbone_only: bool = False) -> None:
         super().__init__()
-        self.model = model
+        # backbone_only: output the last hidden states (shared by per-language heads) instead of logits
+        self.model = model.wav2vec2 if backbone_only else model
+        self.backbone_only = backbone_only
         self.kernels = list(info.conv_kernel)
         self.strides = list(info.conv_stride)
         self.uses_mask = info.uses_attention_mask
@@ -55,12 +58,12 @@ class CTCExportWrapper(nn.Module):
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if self.uses_mask:
-            logits = self.model(input_values, attention_mask=attention_mask).logits
+            out = self.model(input_values, attention_mask=attention_mask)
             samples = attention_mask.sum(-1)
         else:
-            logits = self.model(input_values).logits
+            out = self.model(input_values)
             samples = torch.ones_like(input_values, dtype=torch.int64).sum(-1)
-        return logits, self._frames(samples)
+        return (out.last_hidden_state if self.backbone_only else out.logits), self._frames(samples)
 
 
 def dummy_batch(info: ModelInfo) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,19 +78,20 @@ def dummy_batch(info: ModelInfo) -> tuple[torch.Tensor, torch.Tensor]:
     return values, mask
 
 
-def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int) -> dict:
+def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int, backbone_only: bool = False) -> dict:
     """Export to `path` (external data beside it for > 2 GB models). Returns facts for bundle.json."""
     path = Path(path)
     staging = path.parent / ".export-staging"  # the exporter may scatter one file per tensor here
     staging.mkdir()
     folded = fold_weight_norm(model)
-    wrapper = CTCExportWrapper(model, info).eval()  # the exporter restores train mode; be explicit
+    wrapper = CTCExportWrapper(model, info, backbone_only).eval()  # the exporter restores train mode; be explicit
     values, mask = dummy_batch(info)
     args = (values, mask) if info.uses_attention_mask else (values,)
     inputs = [INPUT_VALUES, ATTENTION_MASK] if info.uses_attention_mask else [INPUT_VALUES]
+    first_output = OUTPUT_HIDDEN if backbone_only else OUTPUT_LOGITS
     axes = {
         INPUT_VALUES: {0: "batch", 1: "samples"},
-        OUTPUT_LOGITS: {0: "batch", 1: "frames"},
+        first_output: {0: "batch", 1: "frames"},
         OUTPUT_LENGTHS: {0: "batch"},
     }
     if info.uses_attention_mask:
@@ -100,7 +104,7 @@ def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int) -> di
                 args,
                 str(staging / path.name),
                 input_names=inputs,
-                output_names=[OUTPUT_LOGITS, OUTPUT_LENGTHS],
+                output_names=[first_output, OUTPUT_LENGTHS],
                 dynamic_axes=axes,
                 opset_version=opset,
                 do_constant_folding=True,

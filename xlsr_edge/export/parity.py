@@ -14,7 +14,7 @@ from xlsr_edge.decoders import GreedyDecoder, Vocabulary
 from xlsr_edge.errors import ExportError
 from xlsr_edge.runtime.audio import AUDIO_EXTENSIONS, load_audio, normalize
 from xlsr_edge.runtime.batching import pad_batch
-from xlsr_edge.runtime.runners import OnnxRuntimeRunner
+from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def _torch_logits(model, info: ModelInfo, arrays: list[np.ndarray]) -> list[np.n
         return [model(torch.from_numpy(a[None])).logits.numpy()[0] for a in arrays]
 
 
-def _ort_logits(runner: OnnxRuntimeRunner, info: ModelInfo, arrays: list[np.ndarray], batched: bool):
+def _ort_logits(runner: Runner, info: ModelInfo, arrays: list[np.ndarray], batched: bool):
     if batched:
         values, mask = pad_batch(arrays)
         logits, lengths = runner.infer(values, mask)
@@ -92,17 +92,19 @@ def _compare(a: list[np.ndarray], b: list[np.ndarray], decoder: GreedyDecoder) -
 
 def run_parity(
     model,
-    onnx_path: Path,
+    graph: Path | Runner,
     info: ModelInfo,
     audios: list[tuple[str, np.ndarray]],
     thresholds: ParityThresholds = ParityThresholds(),
 ) -> dict:
-    """Compare PyTorch and onnxruntime logits on the valid frames; returns the report (raises nothing)."""
+    """Compare PyTorch and the exported graph (a path, or a runner giving logits) on the valid frames.
+
+    Returns the report (raises nothing)."""
     arrays = [normalize(a, info.do_normalize) for _, a in audios]
     decoder = GreedyDecoder(Vocabulary.from_model_info(info))
     reference = _torch_logits(model, info, arrays)
     expected_frames = [info.frames_for(len(a)) for a in arrays]
-    with OnnxRuntimeRunner(onnx_path) as runner:
+    with graph if isinstance(graph, Runner) else OnnxRuntimeRunner(graph) as runner:
         onnx_out, onnx_lengths = _ort_logits(runner, info, arrays, batched=info.uses_attention_mask)
         report: dict = {"mode": "padded batch" if info.uses_attention_mask else "one at a time, unpadded"}
         report["vs_pytorch"] = _compare(reference, onnx_out, decoder)

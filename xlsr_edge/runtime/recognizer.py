@@ -28,17 +28,25 @@ class Transcript:
     duration: float = 0.0
     decoder: str = ""
     error: str | None = None
+    language: str | None = None  # multi-language bundles only
+    language_confidence: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
             return {"audio": self.audio, "error": self.error}
-        return {
+        out = {
             "audio": self.audio,
             "text": self.text,
             "words": self.words,
             "duration": round(self.duration, 4),
             "decoder": self.decoder,
         }
+        if self.language is not None:
+            out["language"] = self.language
+            out["language_confidence"] = (
+                None if self.language_confidence is None else round(self.language_confidence, 4)
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,9 @@ class _Item:
     samples: np.ndarray | None = None
     frames: int = 0
     error: str | None = None
-    logits: np.ndarray | None = None
+    logits: np.ndarray | None = None  # hidden states for multi-language backbones
+    language: str | None = None
+    language_confidence: float | None = None
 
 
 class Recognizer:
@@ -88,9 +98,17 @@ class Recognizer:
         threads: int | None = None,
         decoder: Decoder | Any = None,
         verify: bool = True,
+        language: str | None = None,
+        lid_threshold: float | None = None,
+        below_threshold: str | None = None,
         **runner_kwargs,
     ) -> Recognizer:
-        """Verify the bundle (schema, hashes), build the runner and the decoder (options or a Decoder)."""
+        """Verify the bundle (schema, hashes), build the runner and the decoder (options or a Decoder).
+
+        Multi-language bundles give a MultiRecognizer: `language` forces a head, otherwise language ID routes;
+        below `lid_threshold` it runs every head and keeps the most confident (`below_threshold="all"`) or
+        answers language "unknown" (`"unknown"`).
+        """
         folder = Path(path)
         manifest = load_bundle(folder, verify=verify)
         kwargs = dict(runner_kwargs)
@@ -99,6 +117,18 @@ class Recognizer:
         elif providers not in (None, "cpu") or threads:
             raise XlsrEdgeError(f"--providers/--threads apply to the onnxruntime backend, not {backend}")
         runner = make_runner(backend, folder, manifest, **kwargs).activate()
+        if manifest.extra.get("kind") == "multi":
+            from xlsr_edge.runtime.multi import MultiRecognizer
+
+            return MultiRecognizer.create(
+                folder,
+                manifest,
+                runner,
+                decoder,
+                language=language,
+                threshold=lid_threshold,
+                policy=below_threshold,
+            )
         if not isinstance(decoder, Decoder):
             decoder = make_decoder(Vocabulary.from_model_info(manifest.model), decoder or GreedyOptions())
         return cls(manifest, runner, decoder)
@@ -249,4 +279,6 @@ class Recognizer:
             ],
             duration=len(item.samples) / self.info.sample_rate,
             decoder=self.decoder.name,
+            language=item.language,
+            language_confidence=item.language_confidence,
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xlsr_edge.constants import ATTENTION_MASK, INPUT_VALUES, OUTPUT_LENGTHS, OUTPUT_LOGITS
+from xlsr_edge.constants import ATTENTION_MASK, INPUT_VALUES, OUTPUT_LENGTHS
 from xlsr_edge.errors import XlsrEdgeError
 
 
@@ -124,6 +124,9 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise XlsrEdgeError(f"onnxruntime cannot load {self.model_path}: {exc}") from exc
         self.uses_mask = ATTENTION_MASK in {i.name for i in self.session.get_inputs()}
+        # logits for CTC bundles, hidden_states for shared multi-language backbones
+        names = [o.name for o in self.session.get_outputs()]
+        self.outputs = [next(n for n in names if n != OUTPUT_LENGTHS), OUTPUT_LENGTHS]
 
     def _deactivate(self) -> None:
         self.session = None
@@ -138,7 +141,7 @@ class OnnxRuntimeRunner(Runner):
             if attention_mask is None:
                 attention_mask = np.ones(input_values.shape, dtype=np.int64)
             feeds[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
-        logits, lengths = self.session.run([OUTPUT_LOGITS, OUTPUT_LENGTHS], feeds)
+        logits, lengths = self.session.run(self.outputs, feeds)
         return logits, lengths
 
 

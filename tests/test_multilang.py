@@ -1,0 +1,143 @@
+"""Multi-language bundles: one backbone, per-language heads, language-ID routing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import read_bundle_json
+from xlsr_edge.cli import export_main, main
+from xlsr_edge.errors import ExportError
+from xlsr_edge.export import ExportOptions, export_bundle
+from xlsr_edge.export.multi import add_language, export_multi
+from xlsr_edge.runtime import Recognizer
+from xlsr_edge.runtime.router import LanguageId, ctc_confidence
+
+ALPHABETS = {
+    "tr": list("abcçdefgğhıijklmnoöprsştuüvyz"),
+    "id": list("abcdefghijklmnoprstuwy"),
+    "es": list("abcdefghijlmnñopqrstuvxyzáéíóú"),
+}
+
+
+@pytest.fixture(scope="module")
+def lang_ckpts(tmp_path_factory):
+    """Three checkpoints with one body (same seed and configuration) and their own heads and alphabets."""
+    from xlsr_edge.export.tiny import build_checkpoint
+
+    root = tmp_path_factory.mktemp("multi")
+    return {lang: build_checkpoint(root / lang, chars=chars, seed=0) for lang, chars in ALPHABETS.items()}
+
+
+@pytest.fixture(scope="module")
+def shared_bundle(lang_ckpts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mb") / "shared"
+    export_multi(lang_ckpts, out)
+    return out
+
+
+def test_shared_bundle_equals_each_single_bundle(lang_ckpts, shared_bundle, speech_dir, tmp_path):
+    meta = read_bundle_json(shared_bundle)
+    assert meta["extra"]["kind"] == "multi" and set(meta["extra"]["languages"]) == set(ALPHABETS)
+    assert meta["parity"]["passed"] and all(r["passed"] for r in meta["parity"]["languages"].values())
+    files = sorted(speech_dir.iterdir())
+    for lang, ckpt in lang_ckpts.items():
+        single = tmp_path / lang
+        export_bundle(ckpt, single, ExportOptions(verify=False))
+        with (
+            Recognizer.from_bundle(single) as one,
+            Recognizer.from_bundle(shared_bundle, language=lang) as shared,
+        ):
+            expected = [t.text for t in one.transcribe(files)]
+            got = shared.transcribe(files)
+        assert [t.text for t in got] == expected
+        assert all(t.language == lang and t.language_confidence is None for t in got)
+        assert meta["extra"]["languages"][lang]["vocab"] == read_bundle_json(single)["vocab"]
+
+
+def test_heads_are_small_next_to_the_backbone(shared_bundle):
+    backbone = (shared_bundle / "backbone.onnx").stat().st_size
+    heads = sum(p.stat().st_size for p in (shared_bundle / "heads").iterdir())
+    assert heads < 0.2 * backbone
+
+
+def test_mismatched_backbones_are_detected(lang_ckpts, tmp_path, capsys):
+    from xlsr_edge.export.tiny import build_checkpoint
+
+    other = build_checkpoint(tmp_path / "other", chars=ALPHABETS["es"], seed=1)
+    out = tmp_path / "b"
+    code = export_main(["--multi", f"tr={lang_ckpts['tr']}", f"es={other}", "-o", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the checkpoints do not share a backbone") and "Option B" in err
+    assert not out.exists()
+    with pytest.raises(ExportError, match="tensors differ"):
+        export_multi({"tr": lang_ckpts["tr"], "es": other}, tmp_path / "c")
+
+
+def test_add_language_checks_the_backbone_and_adds_a_head(lang_ckpts, tmp_path):
+    from xlsr_edge.export.tiny import build_checkpoint
+
+    bundle = tmp_path / "two"
+    export_multi({"tr": lang_ckpts["tr"], "es": lang_ckpts["es"]}, bundle)
+    add_language(bundle, "id", lang_ckpts["id"])
+    meta = read_bundle_json(bundle)
+    assert set(meta["extra"]["languages"]) == {"tr", "es", "id"} and "heads/id.npz" in meta["files"]
+    stranger = build_checkpoint(tmp_path / "x", chars=ALPHABETS["id"], seed=7)
+    with pytest.raises(ExportError, match="backbone differs"):
+        add_language(bundle, "xx", stranger)
+    assert set(read_bundle_json(bundle)["extra"]["languages"]) == {"tr", "es", "id"}  # nothing changed
+
+
+def test_bad_multi_arguments_are_user_errors(lang_ckpts, tmp_path, capsys):
+    assert export_main(["--multi", "tr", "-o", str(tmp_path / "b")]) == 2
+    assert "LANG=PATH" in capsys.readouterr().err
+    code = export_main(
+        ["--multi", f"tr={lang_ckpts['tr']}", "--lid-data", "es=x.jsonl", "-o", str(tmp_path / "b")]
+    )
+    assert code == 2 and "same languages" in capsys.readouterr().err
+
+
+def test_router_below_threshold_policies(shared_bundle, speech_dir):
+    """With a classifier that is never sure, 'unknown' answers unknown and 'all' picks the most confident head."""
+    files = sorted(speech_dir.iterdir())[:2]
+    with Recognizer.from_bundle(shared_bundle, language="tr") as rec:
+        hidden = rec.logits(files)
+    langs = ("es", "id", "tr")
+    unsure = LanguageId(
+        langs,
+        np.zeros((3, 64), np.float32),
+        np.zeros(3, np.float32),
+        np.zeros(64, np.float32),
+        np.ones(64, np.float32),
+    )
+    with Recognizer.from_bundle(shared_bundle, language="tr") as rec:
+        rec.language, rec.lid = None, unsure
+        rec.policy, rec.threshold = "unknown", 0.5
+        out = rec.transcribe(files)
+        assert [t.language for t in out] == ["unknown", "unknown"] and all(t.text == "" for t in out)
+        assert all(abs(t.language_confidence - 1 / 3) < 1e-6 for t in out)
+        rec.policy = "all"
+        out = rec.transcribe(files)
+        for t, h in zip(out, hidden):
+            best = max(langs, key=lambda lg: ctc_confidence(rec.heads[lg].apply(h)))
+            assert t.language == best
+            assert t.text == rec.decoders[best].decode(rec.heads[best].apply(h)).text
+
+
+def test_transcribe_cli_reports_the_language(shared_bundle, speech_dir, capsys):
+    clip = sorted(speech_dir.iterdir())[0]
+    assert main(["transcribe", str(shared_bundle), str(clip), "--language", "es", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["language"] == "es" and "language_confidence" in row
+    assert main(["transcribe", str(shared_bundle), str(clip), "--language", "fr"]) == 2
+    assert "this bundle has" in capsys.readouterr().err
+
+
+def test_bundle_without_lid_needs_a_language(shared_bundle):
+    from xlsr_edge.errors import BundleError
+
+    with pytest.raises(BundleError, match="--language"):
+        Recognizer.from_bundle(shared_bundle)

@@ -1,0 +1,270 @@
+"""Multi-language bundles: one shared backbone graph, one small head per language, a language-ID classifier.
+
+Checkpoints fine-tuned with a frozen body (or heads trained on one body) share every backbone tensor bit for
+bit; that is checked by hashing, never assumed. Different backbones are refused with the tensors that differ:
+averaging them would silently give a model nobody trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xlsr_edge.bundle import BundleManifest, ModelInfo, atomic_folder, load_bundle, write_manifest
+from xlsr_edge.errors import ExportError, XlsrEdgeError
+from xlsr_edge.export.checkpoint import Checkpoint, inspect_checkpoint, load_model
+from xlsr_edge.export.onnx_export import export_onnx
+from xlsr_edge.export.parity import run_parity, verification_audio
+from xlsr_edge.export.pipeline import ExportOptions, library_versions
+from xlsr_edge.runtime.audio import load_audio, normalize
+from xlsr_edge.runtime.router import Head, HeadRunner, LanguageId, pool
+from xlsr_edge.runtime.runners import OnnxRuntimeRunner
+
+BACKBONE_ONNX = "backbone.onnx"
+LID_FILE = "lid.npz"
+LID_FEATURES = "lid_features.npz"  # kept so `add-language` can retrain language ID without the old audio
+SHARED_AUDIO_FIELDS = ("sample_rate", "do_normalize", "feat_extract_norm", "conv_kernel", "conv_stride")
+
+
+@dataclass(frozen=True)
+class LidOptions:
+    data: dict[str, Path]  # language -> manifest or folder of that language's speech
+    threshold: float = 0.5
+    policy: str = "all"  # below the threshold: "all" heads by CTC confidence, or "unknown"
+    holdout: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold <= 1:
+            raise ValueError("--lid-threshold must be within [0, 1]")
+        if self.policy not in ("all", "unknown"):
+            raise ValueError("--below-threshold must be 'all' or 'unknown'")
+
+
+def backbone_hashes(model) -> dict[str, str]:
+    """sha256 of every backbone tensor (everything but the CTC head)."""
+    return {
+        name: hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        for name, t in model.state_dict().items()
+        if not name.startswith("lm_head.")
+    }
+
+
+def backbone_digest(hashes: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+
+
+def compare_backbones(hashes: dict[str, dict[str, str]]) -> list[str]:
+    """Names of tensors that differ between the checkpoints' backbones (empty when they are shared)."""
+    langs = list(hashes)
+    ref = hashes[langs[0]]
+    differ = set()
+    for lang in langs[1:]:
+        other = hashes[lang]
+        differ |= {k for k in ref.keys() | other.keys() if ref.get(k) != other.get(k)}
+    return sorted(differ)
+
+
+def _head(model) -> Head:
+    return Head(
+        model.lm_head.weight.detach().numpy().astype(np.float32),
+        model.lm_head.bias.detach().numpy().astype(np.float32),
+    )
+
+
+def _language_entry(ckpt: Checkpoint, lang: str) -> dict:
+    info = ckpt.info
+    return {
+        "vocab": info.vocab,
+        "blank_id": info.blank_id,
+        "word_delimiter": info.word_delimiter,
+        "unk_token": info.unk_token,
+        "head": f"heads/{lang}.npz",
+        "source": ckpt.digest(),
+    }
+
+
+def _check_shared_audio(infos: dict[str, ModelInfo]) -> None:
+    first_lang, first = next(iter(infos.items()))
+    for lang, info in infos.items():
+        for f in SHARED_AUDIO_FIELDS:
+            if getattr(info, f) != getattr(first, f):
+                raise ExportError(
+                    f"{lang} and {first_lang} disagree on {f} ({getattr(info, f)} vs {getattr(first, f)}): "
+                    "they cannot share one backbone"
+                )
+
+
+def lid_features(
+    runner: OnnxRuntimeRunner, info: ModelInfo, data: dict[str, Path]
+) -> tuple[np.ndarray, list[str]]:
+    """Pooled backbone features of every utterance of every language (one backbone pass each)."""
+    from tqdm import tqdm
+
+    from xlsr_edge.calibration import read_manifest
+
+    jobs = []
+    for lang, src in data.items():
+        utts = read_manifest(src)
+        if not utts:
+            raise XlsrEdgeError(f"no audio for language {lang} in {src}")
+        jobs += [(lang, u.audio) for u in utts]
+    feats, labels = [], []
+    for lang, path in tqdm(jobs, desc="language-ID features", unit="utt", file=sys.stderr, leave=False):
+        x = normalize(load_audio(path, info.sample_rate), info.do_normalize)
+        hidden, lengths = runner.infer(x[None], None)
+        feats.append(pool(hidden[0, : lengths[0]]))
+        labels.append(lang)
+    return np.stack(feats), labels
+
+
+def train_lid(features: np.ndarray, labels: list[str], options: LidOptions) -> tuple[LanguageId, dict]:
+    """Fit on a seeded split, report held-out accuracy, then refit on everything for the bundle."""
+    rng = np.random.default_rng(options.seed)
+    order = rng.permutation(len(labels))
+    n_test = int(round(len(labels) * options.holdout))
+    test, train = order[:n_test], order[n_test:]
+    report: dict = {
+        "utterances": len(labels),
+        "per_language": {lb: labels.count(lb) for lb in sorted(set(labels))},
+    }
+    if n_test:
+        held = LanguageId.fit(features[train], [labels[i] for i in train])
+        pred = held.predict(features[test])
+        report["holdout_accuracy"] = float(np.mean([p[0] == labels[i] for p, i in zip(pred, test)]))
+        report["holdout_utterances"] = int(n_test)
+    return LanguageId.fit(features, labels), report
+
+
+def export_multi(
+    specs: dict[str, Path],
+    out: Path,
+    options: ExportOptions | None = None,
+    lid: LidOptions | None = None,
+) -> BundleManifest:
+    options = options or ExportOptions()
+    if len(specs) < 1:
+        raise ExportError("--multi needs at least one LANG=CHECKPOINT")
+    out = Path(out)
+    if out.exists() and not options.overwrite:
+        raise ExportError(f"output {out} already exists; pass --overwrite to replace it")
+    ckpts = {lang: inspect_checkpoint(p, allow_pickle=options.allow_pickle) for lang, p in specs.items()}
+    _check_shared_audio({lang: ck.info for lang, ck in ckpts.items()})
+    models = {lang: load_model(ck) for lang, ck in ckpts.items()}
+    hashes = {lang: backbone_hashes(m) for lang, m in models.items()}
+    differ = compare_backbones(hashes)
+    if differ:
+        raise ExportError(
+            f"the checkpoints do not share a backbone: {len(differ)} tensors differ (e.g. {', '.join(differ[:3])}); "
+            "train heads on one frozen body (finetune --heads-only), or export one bundle per language and "
+            "pick it with --language (Option B)"
+        )
+    first = next(iter(ckpts))
+    info = ckpts[first].info
+    audios = verification_audio(options.verify_audio, info.sample_rate) if options.verify else []
+    with atomic_folder(out, overwrite=options.overwrite) as tmp:
+        facts = export_onnx(models[first], info, tmp / BACKBONE_ONNX, options.opset, backbone_only=True)
+        backbone = OnnxRuntimeRunner(tmp / BACKBONE_ONNX).activate()
+        parity = {}
+        for lang, model in models.items():
+            head = _head(model)
+            head.save(tmp / "heads" / f"{lang}.npz")
+            if options.verify:
+                report = run_parity(
+                    model, HeadRunner(backbone, head), ckpts[lang].info, audios, options.thresholds
+                )
+                backbone.activate()  # the gate deactivates the runner it was given
+                if not report["passed"]:
+                    raise ExportError(f"parity gate failed for {lang}: " + "; ".join(report["failures"]))
+                parity[lang] = report
+        extra: dict = {
+            "kind": "multi",
+            "export": facts,
+            "backbone_sha256": backbone_digest(hashes[first]),
+            "languages": {lang: _language_entry(ck, lang) for lang, ck in ckpts.items()},
+        }
+        if lid is not None:
+            feats, labels = lid_features(backbone, info, lid.data)
+            classifier, report = train_lid(feats, labels, lid)
+            classifier.save(tmp / LID_FILE)
+            with (tmp / LID_FEATURES).open("wb") as f:
+                np.savez(f, features=feats, labels=np.array(labels))
+            extra["lid"] = {"file": LID_FILE, "threshold": lid.threshold, "policy": lid.policy, **report}
+        backbone.deactivate()
+        manifest = BundleManifest(
+            model=info,
+            graph=BACKBONE_ONNX,
+            opset=options.opset,
+            source={lang: ck.digest() for lang, ck in ckpts.items()},
+            versions=library_versions(),
+            parity={"passed": True, "languages": parity} if options.verify else {"skipped": "--no-verify"},
+            extra=extra,
+        )
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def add_language(
+    bundle: Path,
+    lang: str,
+    checkpoint: Path,
+    lid_data: Path | None = None,
+    options: ExportOptions | None = None,
+) -> BundleManifest:
+    """Add a head trained on the bundle's frozen backbone; retrain language ID from the stored features."""
+    options = options or ExportOptions()
+    import shutil
+
+    bundle = Path(bundle)
+    manifest = load_bundle(bundle)
+    if manifest.extra.get("kind") != "multi":
+        raise ExportError(f"{bundle} is a single-language bundle; export it with --multi first")
+    if lang in manifest.extra["languages"]:
+        raise ExportError(f"{bundle} already has language {lang}")
+    ckpt = inspect_checkpoint(checkpoint, allow_pickle=options.allow_pickle)
+    _check_shared_audio({"the bundle": manifest.model, lang: ckpt.info})
+    model = load_model(ckpt)
+    digest = backbone_digest(backbone_hashes(model))
+    if digest != manifest.extra["backbone_sha256"]:
+        raise ExportError(
+            f"{checkpoint}'s backbone differs from the bundle's; train the {lang} head on the bundle's body "
+            "with `xlsr-edge finetune --heads-only`"
+        )
+    lid_meta = manifest.extra.get("lid")
+    if lid_meta and lid_data is None:
+        raise ExportError(
+            f"the bundle routes by language ID: pass --lid-data with {lang} speech to retrain it"
+        )
+    with atomic_folder(bundle, overwrite=True) as tmp:
+        shutil.copytree(bundle, tmp, dirs_exist_ok=True)
+        head = _head(model)
+        head.save(tmp / "heads" / f"{lang}.npz")
+        backbone = OnnxRuntimeRunner(tmp / manifest.graph).activate()
+        if options.verify:
+            audios = verification_audio(options.verify_audio, manifest.model.sample_rate)
+            report = run_parity(model, HeadRunner(backbone, head), ckpt.info, audios, options.thresholds)
+            backbone.activate()
+            if not report["passed"]:
+                raise ExportError(f"parity gate failed for {lang}: " + "; ".join(report["failures"]))
+            manifest.parity.setdefault("languages", {})[lang] = report
+        manifest.extra["languages"][lang] = _language_entry(ckpt, lang)
+        manifest.source[lang] = ckpt.digest()
+        if lid_meta:
+            with np.load(tmp / LID_FEATURES) as z:
+                old_feats, old_labels = z["features"], [str(s) for s in z["labels"]]
+            feats, labels = lid_features(backbone, manifest.model, {lang: lid_data})
+            feats, labels = np.concatenate([old_feats, feats]), old_labels + labels
+            lid_opts = LidOptions(data={}, threshold=lid_meta["threshold"], policy=lid_meta["policy"])
+            classifier, report = train_lid(feats, labels, lid_opts)
+            classifier.save(tmp / LID_FILE)
+            with (tmp / LID_FEATURES).open("wb") as f:
+                np.savez(f, features=feats, labels=np.array(labels))
+            manifest.extra["lid"] = {**lid_meta, **report}
+        backbone.deactivate()
+        write_manifest(tmp, manifest)
+    return manifest

@@ -1,0 +1,123 @@
+"""MultiRecognizer: one backbone pass, language ID, the chosen language's head and decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlsr_edge.bundle import BundleManifest, ModelInfo
+from xlsr_edge.decoders import Decoded, Decoder, GreedyOptions, Vocabulary, make_decoder
+from xlsr_edge.errors import BundleError, XlsrEdgeError
+from xlsr_edge.runtime.recognizer import Recognizer, _Item
+from xlsr_edge.runtime.router import Head, LanguageId, ctc_confidence, pool
+from xlsr_edge.runtime.runners import Runner
+
+UNKNOWN = "unknown"
+POLICIES = ("all", UNKNOWN)
+
+
+def language_info(manifest: BundleManifest, lang: str) -> ModelInfo:
+    """The shared audio facts of the bundle with one language's vocabulary."""
+    entry = manifest.extra["languages"][lang]
+    return dataclasses.replace(
+        manifest.model,
+        vocab=list(entry["vocab"]),
+        blank_id=entry["blank_id"],
+        word_delimiter=entry["word_delimiter"],
+        unk_token=entry.get("unk_token"),
+    )
+
+
+class MultiRecognizer(Recognizer):
+    def __init__(
+        self,
+        manifest: BundleManifest,
+        runner: Runner,
+        heads: dict[str, Head],
+        decoders: dict[str, Decoder],
+        lid: LanguageId | None,
+        *,
+        language: str | None,
+        threshold: float,
+        policy: str,
+    ) -> None:
+        super().__init__(manifest, runner, next(iter(decoders.values())))
+        self.heads, self.decoders, self.lid = heads, decoders, lid
+        self.language, self.threshold, self.policy = language, threshold, policy
+
+    @classmethod
+    def create(
+        cls,
+        folder: Path,
+        manifest: BundleManifest,
+        runner: Runner,
+        decoder: Any,
+        *,
+        language: str | None,
+        threshold: float | None,
+        policy: str | None,
+    ) -> MultiRecognizer:
+        langs = manifest.extra["languages"]
+        if language is not None and language not in langs:
+            raise XlsrEdgeError(f"--language {language}: this bundle has {', '.join(langs)}")
+        if isinstance(decoder, Decoder):
+            raise XlsrEdgeError("a multi-language bundle needs decoder options (one decoder per language)")
+        heads = {lang: Head.load(folder / e["head"]) for lang, e in langs.items()}
+        decoders = {
+            lang: make_decoder(
+                Vocabulary.from_model_info(language_info(manifest, lang)), decoder or GreedyOptions()
+            )
+            for lang in langs
+        }
+        lid_meta = manifest.extra.get("lid")
+        lid = LanguageId.load(folder / lid_meta["file"]) if lid_meta else None
+        if lid is None and language is None and len(langs) > 1:
+            raise BundleError("this bundle has no language-ID model: pass --language")
+        policy = policy or (lid_meta or {}).get("policy", "all")
+        if policy not in POLICIES:
+            raise ValueError(f"below-threshold policy must be one of {POLICIES}")
+        threshold = (lid_meta or {}).get("threshold", 0.5) if threshold is None else threshold
+        if not 0 <= threshold <= 1:
+            raise ValueError("--lid-threshold must be within [0, 1]")
+        return cls(
+            manifest, runner, heads, decoders, lid, language=language, threshold=threshold, policy=policy
+        )
+
+    def close(self) -> None:
+        self.runner.deactivate()
+        for d in self.decoders.values():
+            d.close()
+
+    def route(self, hidden: np.ndarray) -> tuple[str, float | None, np.ndarray]:
+        """Pick the language for one utterance's hidden states: (language, confidence, logits)."""
+        if self.language is not None:
+            return self.language, None, self.heads[self.language].apply(hidden)
+        if self.lid is None:  # one language, no classifier needed
+            lang = next(iter(self.heads))
+            return lang, None, self.heads[lang].apply(hidden)
+        probs = self.lid.probabilities(pool(hidden))[0]
+        best = int(probs.argmax())
+        lang, conf = self.lid.languages[best], float(probs[best])
+        if conf >= self.threshold:
+            return lang, conf, self.heads[lang].apply(hidden)
+        if self.policy == UNKNOWN:
+            return UNKNOWN, conf, np.zeros((0, 1), dtype=np.float32)
+        # run every head; keep the one most sure of its own transcript
+        scored = [
+            (ctc_confidence(lg), lg_lang, lg)
+            for lg_lang, lg in ((k, h.apply(hidden)) for k, h in self.heads.items())
+        ]
+        _, lang, logits = max(scored, key=lambda t: t[0])
+        return lang, float(probs[self.lid.languages.index(lang)]), logits
+
+    def decode(self, items: list[_Item]) -> list[Decoded | None]:
+        out: list[Decoded | None] = [None] * len(items)
+        for i, it in enumerate(items):
+            if it.logits is None:
+                continue
+            it.language, it.language_confidence, logits = self.route(it.logits)
+            out[i] = Decoded("") if it.language == UNKNOWN else self.decoders[it.language].decode(logits)
+        return out
