@@ -1,9 +1,80 @@
-"""`xlsr-edge` subcommands: bench (being written)."""
+"""`xlsr-edge bench`: throughput, latency, load time, peak RSS and size of bundles (xlsr_edge.bench)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from xlsr_edge.constants import EXIT_OK
+from xlsr_edge.errors import XlsrEdgeError
+
+
+def _list(kind: type, flag: str):
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes comma-separated {kind.__name__} values, e.g. {'5,10,30' if kind is float else '1,8'}"
+            ) from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{flag} needs at least one value")
+        return values
+
+    return parse
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from xlsr_edge.bench import BenchConfig, results_markdown, run_bench, write_results
+
+    if args.audio is not None and not args.audio.exists():
+        raise XlsrEdgeError(f"--audio: no such folder or manifest: {args.audio}")
+    config = BenchConfig(
+        bundles=list(args.bundles),
+        seconds=args.seconds,
+        batch=args.batch,
+        threads=args.threads,
+        audio=args.audio,
+        backend=args.backend,
+        providers=args.providers,
+        torch=args.torch,
+        repeat=args.repeat,
+        warmup=args.warmup,
+    )
+    results = run_bench(config)
+    written = write_results(results, args.output)
+    print(results_markdown(results))
+    for p in written:
+        print(f"wrote {p}")
+    return EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
+    p = sub.add_parser(
+        "bench",
+        help="throughput, latency, load time, peak RSS and size of bundles (and PyTorch as baseline)",
+        description=(
+            "Run the same audio through every bundle (and PyTorch eager from --torch CHECKPOINT, the baseline) "
+            "in interleaved rounds, each engine in its own process; warm-up excluded. Writes results.json, "
+            "results.md and results.png into -o DIR and prints the markdown table."
+        ),
+    )
+    p.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE")
+    p.add_argument(
+        "--audio", type=Path, default=None, help="folder or manifest to cut/loop (default: shipped clips)"
+    )
+    p.add_argument(
+        "--seconds", type=_list(float, "--seconds"), default=[5.0, 10.0, 30.0], help="e.g. 5,10,30"
+    )
+    p.add_argument("--batch", type=_list(int, "--batch"), default=[1, 8], help="e.g. 1,8")
+    p.add_argument("--threads", type=_list(int, "--threads"), default=[1, 2], help="e.g. 1,2")
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument(
+        "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
+    )
+    p.add_argument("--torch", type=Path, default=None, metavar="CHECKPOINT", help="PyTorch eager baseline")
+    p.add_argument("--repeat", type=int, default=5, help="timed rounds")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per engine and configuration")
+    p.add_argument("-o", "--output", type=Path, default=Path("out/bench"), help="folder for the results")
+    p.set_defaults(fn=_bench)

@@ -1,9 +1,116 @@
-"""`xlsr-edge` subcommands: evaluate (being written)."""
+"""`xlsr-edge eval`: WER, CER, entity micro-WER and RTF of a bundle on a manifest (xlsr_edge.evaluation)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK, EXIT_SOME_FAILED
+from xlsr_edge.errors import XlsrEdgeError
+
+
+def _decoder_options(args: argparse.Namespace):
+    from xlsr_edge.decoders import BeamOptions, GreedyOptions
+
+    if args.decoder == "greedy":
+        if args.lm is not None:
+            raise XlsrEdgeError("--lm needs --decoder beam")
+        return GreedyOptions()
+    return BeamOptions(
+        beam_width=args.beam_width,
+        alpha=args.alpha,
+        beta=args.beta,
+        lm_path=str(args.lm) if args.lm else None,
+        num_workers=args.workers,
+    )
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from xlsr_edge.evaluation import (
+        EvalOptions,
+        evaluate,
+        format_text,
+        progress_wanted,
+        read_entities_file,
+        write_report,
+    )
+
+    if args.batch_size < 1:
+        raise XlsrEdgeError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise XlsrEdgeError(f"--threads must be >= 1, got {args.threads}")
+    options = EvalOptions(
+        decoder=_decoder_options(args),
+        language=args.language,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        backend=args.backend,
+        providers=args.providers,
+        entities=read_entities_file(args.entities) if args.entities else (),
+        worst=args.worst,
+        progress=progress_wanted(),
+    )
+    result = evaluate(args.bundle, args.manifest, options)
+    written = write_report(result, args.report) if args.report else []
+    if args.json:
+        data = result.summary()
+        if args.report:
+            data["report"] = [str(p) for p in written]
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(format_text(result))
+        for p in written:
+            print(f"wrote {p}")
+    if result.has_failures:
+        print(
+            f"{len(result.missing)} utterances with missing audio and {len(result.failed)} that failed to "
+            "decode were left out of the scores",
+            file=sys.stderr,
+        )
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
+    p = sub.add_parser(
+        "eval",
+        help="WER, CER, entity micro-WER and real-time factor of a bundle on a manifest",
+        description=(
+            "Transcribe every utterance of MANIFEST with BUNDLE and score it against the manifest's text "
+            "(corpus-level WER/CER with jiwer after xlsr_edge.metrics.normalize_text). Missing audio and "
+            "audio that fails to decode are listed and left out of the scores (exit code 1)."
+        ),
+    )
+    p.add_argument("bundle", type=Path)
+    p.add_argument("manifest", type=Path, help="NeMo JSONL, Common Voice TSV or CSV with reference text")
+    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
+    p.add_argument("--lm", type=Path, default=None, help="KenLM model (.arpa or .bin), beam decoder only")
+    p.add_argument("--beam-width", type=int, default=100)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--beta", type=float, default=1.5)
+    p.add_argument("--workers", type=int, default=0, help="beam decoding processes")
+    p.add_argument(
+        "--entities",
+        type=Path,
+        default=None,
+        help="entity list (one number/name per line) applied to every utterance that contains it; "
+        "adds to the manifest's per-utterance 'entities'",
+    )
+    p.add_argument(
+        "--language", default=None, help="language code for text normalization (tr/az: dotted/dotless i)"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument(
+        "--report", type=Path, default=None, help="write report.md and report.json (per utterance) here"
+    )
+    p.add_argument("--worst", type=int, default=10, help="worst utterances listed in the report")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument(
+        "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
+    )
+    p.set_defaults(fn=_eval)
