@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,73 @@ def test_bundle_without_lid_needs_a_language(shared_bundle):
 
     with pytest.raises(BundleError, match="--language"):
         Recognizer.from_bundle(shared_bundle)
+
+
+# -- language ID on a trained body --------------------------------------------------------------------------
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo-tr"
+
+
+@pytest.fixture(scope="module")
+def lid_corpora(tmp_path_factory):
+    """espeak-ng speech of tr/id/es (+ de, a language the router never saw), split by sentence."""
+    from xlsr_edge.train.synth import SynthOptions, build_corpus
+
+    root = tmp_path_factory.mktemp("lid")
+    for lang in ("tr", "id", "es", "de"):
+        build_corpus(
+            SynthOptions(
+                language=lang,
+                hours=0.12,
+                out=root / lang,
+                seed=11,
+                jobs=2,
+                progress=False,
+                dev_share=0.1,
+                test_share=0.1,
+            )
+        )
+    return root
+
+
+@pytest.mark.skipif(
+    not (DEMO / "config.json").exists(), reason="models/demo-tr (the trained body) is missing"
+)
+def test_language_id_routes_held_out_speech(lid_corpora, tmp_path):
+    """Heads for tr (the demo model), id and es on the demo's frozen body; LID trained on the train splits."""
+    import jiwer
+
+    from xlsr_edge.calibration import read_manifest
+    from xlsr_edge.export.multi import LidOptions
+    from xlsr_edge.train.finetune import build_model, save_checkpoint
+    from xlsr_edge.train.vocab import build_vocab
+
+    ckpts = {"tr": DEMO}
+    for lang in ("id", "es"):
+        texts = [u.text for u in read_manifest(lid_corpora / lang / "train.jsonl")]
+        model, front, _ = build_model(str(DEMO), build_vocab(texts), seed=1)
+        ckpts[lang] = save_checkpoint(model, build_vocab(texts), front, tmp_path / lang)
+    data = {lang: lid_corpora / lang / "train.jsonl" for lang in ckpts}
+    bundle = tmp_path / "multi"
+    export_multi(ckpts, bundle, lid=LidOptions(data, threshold=0.5))
+    held_out = {
+        lang: [u for split in ("dev", "test") for u in read_manifest(lid_corpora / lang / f"{split}.jsonl")]
+        for lang in ("tr", "id", "es", "de")
+    }
+    with Recognizer.from_bundle(bundle, below_threshold="unknown") as rec:
+        routed = {lang: rec.transcribe([u.audio for u in utts]) for lang, utts in held_out.items()}
+        thr = rec.threshold
+    known = [(lang, t) for lang in ("tr", "id", "es") for t in routed[lang]]
+    accuracy = np.mean([t.language == lang for lang, t in known])
+    assert accuracy >= 0.95, accuracy
+    conf_known = np.mean([t.language_confidence for _, t in known])
+    conf_de = np.mean([t.language_confidence for t in routed["de"]])
+    assert conf_de < conf_known  # the unseen language is less sure of itself ...
+    assert np.mean([t.language == "unknown" for t in routed["de"]]) > np.mean(
+        [t.language == "unknown" for _, t in known]
+    )
+    assert thr == 0.5
+    # ... and the Turkish route transcribes like the Turkish model alone
+    with Recognizer.from_bundle(bundle, language="tr") as rec:
+        hyp = [t.text for t in rec.transcribe([u.audio for u in held_out["tr"]])]
+    assert jiwer.cer([u.text for u in held_out["tr"]], hyp) < 0.15
