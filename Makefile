@@ -4,7 +4,7 @@ PIP ?= $(PY) -m pip
 DEMO ?= demo-out
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt pip kenlm demo test lint bench clean
+.PHONY: setup apt pip kenlm demo demo-model test lint bench clean
 
 setup: apt pip kenlm
 
@@ -24,6 +24,11 @@ kenlm:
 
 demo: setup
 	$(PY) scripts/demo.py --out $(DEMO)
+
+# Retrain the shipped demo model (models/demo-tr) from synthetic espeak-ng speech: ~30-40 min on one CPU core.
+# Not part of CI; the model card lists the exact commands this runs.
+demo-model:
+	$(PY) scripts/demo_model.py --work build/demo-tr --out models/demo-tr
 
 test:
 	$(PY) -m pytest -q

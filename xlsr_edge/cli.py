@@ -19,6 +19,9 @@ from xlsr_edge.constants import (
     EXIT_USER_ERROR,
     PARITY_MAX_ABS_DIFF,
     PARITY_MIN_ARGMAX_AGREEMENT,
+    PRECISION_GATE_SIZE,
+    PRECISION_MAX_CER_DELTA,
+    PRECISION_MIN_FRAME_AGREEMENT,
 )
 from xlsr_edge.errors import XlsrEdgeError
 
@@ -62,6 +65,58 @@ def _export_parser() -> argparse.ArgumentParser:
         default=PARITY_MIN_ARGMAX_AGREEMENT,
         help="gate: frame argmax agreement",
     )
+    q = ap.add_argument_group("precision (fp16 / int8 bundles with an accuracy gate against fp32)")
+    q.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8-dynamic", "int8"],
+        default="fp32",
+        help="fp16: GPUs (LayerNorm/Softmax/reductions stay fp32); int8-dynamic: fast CPU path; "
+        "int8: static Q/DQ calibrated on --calibration (TensorRT)",
+    )
+    q.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="MANIFEST",
+        help="NeMo JSONL, Common Voice TSV, CSV (path,text) or a folder of audio: calibration (int8) and "
+        "accuracy gate; default: the shipped clips",
+    )
+    q.add_argument("--calibration-size", type=int, default=64, metavar="N", help="utterances for int8 ranges")
+    q.add_argument("--calibration-method", choices=["percentile", "entropy", "minmax"], default="percentile")
+    q.add_argument(
+        "--max-cer-delta",
+        type=float,
+        default=PRECISION_MAX_CER_DELTA,
+        metavar="PTS",
+        help="gate: CER percentage points the converted graph may add over fp32 (transcribed manifests)",
+    )
+    q.add_argument(
+        "--min-frame-agreement",
+        type=float,
+        default=PRECISION_MIN_FRAME_AGREEMENT,
+        metavar="F",
+        help="gate without transcripts: frame argmax agreement with the fp32 graph",
+    )
+    q.add_argument(
+        "--gate-size", type=int, default=PRECISION_GATE_SIZE, metavar="N", help="utterances the gate decodes"
+    )
+    q.add_argument(
+        "--exclude-ops",
+        nargs="+",
+        default=[],
+        metavar="OP",
+        help="op types (MatMul, Attention, ...) or node-name patterns (e.g. '*layers.23*') kept float",
+    )
+    q.add_argument(
+        "--quantize-ops",
+        nargs="+",
+        default=["MatMul", "Gemm"],
+        choices=["MatMul", "Gemm", "Attention", "FeatureEncoder", "Conv"],
+        metavar="GROUP",
+        help="what int8 quantizes: MatMul (weights), Gemm, Attention (score/context MatMuls), FeatureEncoder "
+        "(CNN layers 1-6 exported as MatMuls: faster on CPU), Conv (ConvInteger: slow, not recommended)",
+    )
+    q.add_argument("--seed", type=int, default=0, help="calibration/gate utterance selection")
     m = ap.add_argument_group("multi-language (one backbone, a head per language)")
     m.add_argument("--multi", nargs="+", metavar="LANG=CKPT", help="checkpoints sharing one frozen backbone")
     m.add_argument(
@@ -123,7 +178,19 @@ def _export(args: argparse.Namespace) -> int:
         verify_audio=args.verify_audio,
         allow_pickle=args.allow_pickle,
         thresholds=ParityThresholds(max_abs_diff=args.max_abs_diff, min_argmax_agreement=args.min_agreement),
+        precision=args.precision,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+        calibration_method=args.calibration_method,
+        max_cer_delta=args.max_cer_delta,
+        min_frame_agreement=args.min_frame_agreement,
+        gate_size=args.gate_size,
+        exclude_ops=tuple(args.exclude_ops),
+        quantize_ops=tuple(args.quantize_ops),
+        seed=args.seed,
     )
+    if args.multi and args.precision != "fp32":
+        raise XlsrEdgeError("--precision is not supported with --multi yet; export fp32")
     if args.multi:
         return _export_multi(args, options)
     if args.checkpoint is None:
@@ -132,6 +199,12 @@ def _export(args: argparse.Namespace) -> int:
     p = manifest.parity or {}
     gate = "skipped" if "skipped" in p else f"passed (max |diff| {p['vs_pytorch']['max_abs_diff']:.2e})"
     print(f"wrote {args.output}: {manifest.precision}, opset {manifest.opset}, parity gate {gate}")
+    report = manifest.extra.get("precision_report")
+    if report:
+        from xlsr_edge.export.precision import format_report
+
+        for line in format_report(report):
+            print(f"  {line}")
     return EXIT_OK
 
 
@@ -177,7 +250,12 @@ def _inspect(args: argparse.Namespace) -> int:
             )
         else:
             print(f"parity        {p.get('skipped', 'none')}")
-        for extra_key in ("precision_report", "engine"):
+        if "precision_report" in manifest.extra:
+            from xlsr_edge.export.precision import format_report
+
+            for line in format_report(manifest.extra["precision_report"]):
+                print(line)
+        for extra_key in ("engine",):
             if extra_key in manifest.extra:
                 print(f"{extra_key:<13} {json.dumps(manifest.extra[extra_key], ensure_ascii=False)}")
         for c in checks:

@@ -28,6 +28,11 @@ PARITY_MAX_ABS_DIFF = 1e-3
 PARITY_MIN_ARGMAX_AGREEMENT = 0.999
 PARITY_MIN_UTTERANCES = 3
 
+# Precision (fp16 / int8) accuracy gate defaults: fp32 graph vs converted graph on the calibration manifest.
+PRECISION_MAX_CER_DELTA = 0.5  # CER percentage points the converted graph may add (transcribed manifests)
+PRECISION_MIN_FRAME_AGREEMENT = 0.95  # frame argmax agreement with fp32 (manifests without transcripts)
+PRECISION_GATE_SIZE = 100  # utterances the gate transcribes (stratified by duration)
+
 # Runtime defaults
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_CHUNK_CONTEXT_SECONDS = 5.0

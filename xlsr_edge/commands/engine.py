@@ -14,8 +14,12 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-seconds", type=float, default=0.025, help="shortest input of the profile")
     g.add_argument("--opt-seconds", type=float, default=10.0, help="input length TensorRT tunes for")
     g.add_argument("--max-seconds", type=float, default=30.0, help="longest input; longer audio is chunked")
-    g.add_argument("--opt-batch", type=int, default=None, help="batch TensorRT tunes for (default: max batch)")
-    g.add_argument("--workspace-mb", type=int, default=None, help="builder workspace cap (e.g. 1024 on 8 GB Orin)")
+    g.add_argument(
+        "--opt-batch", type=int, default=None, help="batch TensorRT tunes for (default: max batch)"
+    )
+    g.add_argument(
+        "--workspace-mb", type=int, default=None, help="builder workspace cap (e.g. 1024 on 8 GB Orin)"
+    )
     g.add_argument("--timing-cache", type=Path, default=None, help="reuse/update this timing cache file")
     g.add_argument("--builder-optimization-level", type=int, default=None, help="0..5 (TensorRT default 3)")
 

@@ -1,9 +1,164 @@
-"""`xlsr-edge` subcommands: train (being written)."""
+"""`xlsr-edge` subcommands: synth (espeak-ng speech corpus) and finetune (cross-lingual CTC recipe)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from xlsr_edge.constants import EXIT_OK
+from xlsr_edge.errors import XlsrEdgeError
+
+
+def _pair(text: str, kind=float) -> tuple:
+    parts = text.replace(":", ",").split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}")
+    try:
+        return kind(parts[0]), kind(parts[1])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI, got {text!r}") from exc
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from xlsr_edge.train.synth import SynthOptions, build_corpus
+
+    voices: list[str] = []
+    for v in args.voices or ():
+        voices += [x for x in v.replace(",", " ").split() if x]
+    options = SynthOptions(
+        language=args.language,
+        hours=args.hours,
+        out=args.output,
+        voices=tuple(voices),
+        seed=args.seed,
+        jobs=args.jobs,
+        holdout_voice=args.holdout_voice,
+        dev_share=args.dev_share,
+        test_share=args.test_share,
+        top_words=args.top_words,
+        freq_power=args.freq_power,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    report = build_corpus(options)
+    parts = ", ".join(f"{s} {report.counts[s]} ({report.seconds[s] / 60:.1f} min)" for s in report.counts)
+    print(f"wrote {report.out}: {parts}; words from {report.word_source}")
+    return EXIT_OK
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from xlsr_edge.train.finetune import FinetuneOptions, finetune
+
+    if args.noise_prob and not 0 <= args.noise_prob <= 1:
+        raise XlsrEdgeError("--noise-prob must be in [0, 1]")
+    options = FinetuneOptions(
+        init=args.init,
+        train=args.train,
+        dev=args.dev,
+        out=args.output,
+        language=args.language,
+        vocab=args.vocab,
+        map_unknown=args.map_unknown,
+        freeze_feature_encoder=args.freeze_feature_encoder,
+        mix=args.mix,
+        mix_language=args.mix_language,
+        noise_prob=args.noise_prob,
+        snr_db=args.snr_db,
+        noise_dir=args.noise_dir,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        grad_clip=args.grad_clip,
+        max_seconds=args.max_seconds,
+        threads=args.threads,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        dev_max=args.dev_max,
+        save_every=args.save_every,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        allow_pickle=args.allow_pickle,
+        progress=sys.stderr.isatty(),
+    )
+    result = finetune(options)
+    dev = result.dev
+    print(
+        f"wrote {result.out}: {result.step} steps in {result.seconds / 60:.1f} min, "
+        f"dev CER {dev.get('cer', float('nan')):.4f} WER {dev.get('wer', float('nan')):.4f}"
+    )
+    return EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
+    p = sub.add_parser("synth", help="synthesize an espeak-ng speech corpus with NeMo manifests")
+    p.add_argument("--language", required=True, help="language code (espeak-ng voice and wordfreq), e.g. tr")
+    p.add_argument("--hours", type=float, required=True, help="audio in train+dev+test")
+    p.add_argument("-o", "--output", type=Path, required=True, help="corpus folder to write")
+    p.add_argument(
+        "--voices",
+        action="append",
+        help="espeak-ng voices (comma/space separated; default LANG, LANG+m1 .. +f4)",
+    )
+    p.add_argument(
+        "--holdout-voice", default=None, help="voice kept out of train/dev/test, for test_voice.jsonl"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="parallel espeak-ng processes")
+    p.add_argument("--dev-share", type=float, default=0.05)
+    p.add_argument("--test-share", type=float, default=0.05)
+    p.add_argument("--top-words", type=int, default=20000, help="draw from this many most frequent words")
+    p.add_argument(
+        "--freq-power",
+        type=float,
+        default=1.0,
+        help="draw words by frequency**P (1: real frequencies, <1 flatter)",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=_synth)
+
+    p = sub.add_parser("finetune", help="fine-tune (or train from scratch) a Wav2Vec2/XLS-R CTC model")
+    p.add_argument(
+        "--init", required=True, help="checkpoint folder, config.json, or a named config: tiny-demo"
+    )
+    p.add_argument("--train", type=Path, required=True, help="training manifest (NeMo JSONL, TSV, CSV)")
+    p.add_argument("--dev", type=Path, required=True, help="dev manifest (scored with greedy CER/WER)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="checkpoint folder to write")
+    p.add_argument("--language", default=None, help="transcript language for normalization (tr: İ/I rules)")
+    p.add_argument("--vocab", type=Path, default=None, help="vocab.json (or checkpoint folder) to use as is")
+    p.add_argument(
+        "--map-unknown", action="store_true", help="train characters missing from --vocab as <unk>"
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--freeze-feature-encoder", dest="freeze_feature_encoder", action="store_true", default=None
+    )
+    g.add_argument("--no-freeze-feature-encoder", dest="freeze_feature_encoder", action="store_false")
+    p.add_argument("--mix", default=None, metavar="SOURCE_MANIFEST:SHARE", help="share of source utterances")
+    p.add_argument("--mix-language", default=None, help="language of the --mix transcripts")
+    p.add_argument(
+        "--noise-prob", type=float, default=0.0, help="probability of adding noise to an utterance"
+    )
+    p.add_argument("--snr-db", type=_pair, default=(5.0, 30.0), metavar="LO,HI")
+    p.add_argument("--noise-dir", type=Path, default=None, help="folder of noise recordings")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--max-seconds", type=float, default=20.0, help="leave out longer training utterances")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="steps between dev evaluations (0: every epoch)")
+    p.add_argument("--dev-max", type=int, default=200, help="dev utterances scored during training")
+    p.add_argument("--save-every", type=int, default=200, help="steps between resumable state saves")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pytorch_model.bin for --init")
+    p.set_defaults(fn=_finetune)

@@ -78,13 +78,17 @@ def dummy_batch(info: ModelInfo) -> tuple[torch.Tensor, torch.Tensor]:
     return values, mask
 
 
-def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int, backbone_only: bool = False) -> dict:
+def export_onnx(
+    model: nn.Module, info: ModelInfo, path: Path, opset: int, backbone_only: bool = False
+) -> dict:
     """Export to `path` (external data beside it for > 2 GB models). Returns facts for bundle.json."""
     path = Path(path)
     staging = path.parent / ".export-staging"  # the exporter may scatter one file per tensor here
     staging.mkdir()
     folded = fold_weight_norm(model)
-    wrapper = CTCExportWrapper(model, info, backbone_only).eval()  # the exporter restores train mode; be explicit
+    wrapper = CTCExportWrapper(
+        model, info, backbone_only
+    ).eval()  # the exporter restores train mode; be explicit
     values, mask = dummy_batch(info)
     args = (values, mask) if info.uses_attention_mask else (values,)
     inputs = [INPUT_VALUES, ATTENTION_MASK] if info.uses_attention_mask else [INPUT_VALUES]

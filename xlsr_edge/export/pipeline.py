@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlsr_edge import __version__
 from xlsr_edge.bundle import BundleManifest, atomic_folder, write_manifest
-from xlsr_edge.constants import DEFAULT_OPSET, MIN_OPSET, MODEL_ONNX
+from xlsr_edge.constants import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    MODEL_ONNX,
+    PRECISION_GATE_SIZE,
+    PRECISION_MAX_CER_DELTA,
+    PRECISION_MIN_FRAME_AGREEMENT,
+)
 from xlsr_edge.errors import ExportError
 from xlsr_edge.export.checkpoint import inspect_checkpoint, load_model
+from xlsr_edge.export.cnn_matmul import channels_last_feature_encoder
 from xlsr_edge.export.onnx_export import export_onnx
 from xlsr_edge.export.parity import ParityThresholds, run_parity, verification_audio
+from xlsr_edge.export.precision import convert_precision, load_precision_inputs, wants_channels_last_cnn
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,17 @@ class ExportOptions:
     verify_audio: Path | None = None
     allow_pickle: bool = False
     thresholds: ParityThresholds = field(default_factory=ParityThresholds)
+    # precision (issue 7): fp32 | fp16 | int8-dynamic | int8, see xlsr_edge.export.precision
+    precision: str = "fp32"
+    calibration: Path | None = None  # manifest or folder; default: the shipped clips (transcribed)
+    calibration_size: int = 64
+    calibration_method: str = "percentile"  # int8: percentile | entropy | minmax
+    max_cer_delta: float = PRECISION_MAX_CER_DELTA
+    min_frame_agreement: float = PRECISION_MIN_FRAME_AGREEMENT
+    gate_size: int = PRECISION_GATE_SIZE
+    exclude_ops: tuple[str, ...] = ()  # op types or node-name patterns kept float
+    quantize_ops: tuple[str, ...] = ("MatMul", "Gemm")  # + Attention, FeatureEncoder, Conv
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.opset < MIN_OPSET:
@@ -32,6 +53,9 @@ class ExportOptions:
             )
         if self.max_batch is not None and self.max_batch < 1:
             raise ExportError("--max-batch must be at least 1")
+        from xlsr_edge.export.precision import check_options
+
+        check_options(self)
 
 
 def library_versions() -> dict[str, str]:
@@ -61,11 +85,15 @@ def export_bundle(
     info = ckpt.info
     # read the gate's audio first: a bad --verify-audio should fail before minutes of export
     audios = verification_audio(options.verify_audio, info.sample_rate) if options.verify else []
+    precision_inputs = None
+    if options.precision != "fp32":  # likewise a bad --calibration manifest
+        precision_inputs = load_precision_inputs(options, info)
     _log(f"loading {ckpt.folder} ({len(info.vocab)} tokens, feat_extract_norm={info.feat_extract_norm})")
     model = load_model(ckpt)
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
         _log(f"exporting ONNX (opset {options.opset})")
-        facts = export_onnx(model, info, tmp / MODEL_ONNX, options.opset)
+        with channels_last_feature_encoder(model) if wants_channels_last_cnn(options) else nullcontext():
+            facts = export_onnx(model, info, tmp / MODEL_ONNX, options.opset)
         parity = None
         if options.verify:
             _log(f"parity gate on {len(audios)} utterances")
@@ -73,9 +101,15 @@ def export_bundle(
             parity["audio_source"] = str(options.verify_audio or "shipped clips")
             if not parity["passed"]:
                 raise ExportError("parity gate failed, no bundle written: " + "; ".join(parity["failures"]))
+        precision_report = None
+        if precision_inputs is not None:
+            # parity above checked the fp32 graph; now convert it and gate the result against it
+            if parity is not None:
+                parity["graph"] = f"fp32 export, before conversion to {options.precision}"
+            precision_report = convert_precision(tmp / MODEL_ONNX, tmp, info, options, precision_inputs)
         manifest = BundleManifest(
             model=info,
-            precision="fp32",
+            precision=options.precision,
             opset=options.opset,
             graph=MODEL_ONNX,
             source=ckpt.digest(),
@@ -87,6 +121,7 @@ def export_bundle(
                 "padding": "padded batches with attention_mask"
                 if info.uses_attention_mask
                 else "feed unpadded, one utterance at a time (group-norm feature encoder)",
+                **({"precision_report": precision_report} if precision_report else {}),
             },
         )
         write_manifest(tmp, manifest)

@@ -1,0 +1,251 @@
+"""Precision benchmark (issue 7): fp32 / fp16 / int8-dynamic / int8 bundles against PyTorch eager fp32.
+
+Models:
+  (a) the demo model (``models/demo-tr``, or ``--demo CKPT``) when present: also CER/WER on its test set;
+  (b) a random-weight model with facebook/wav2vec2-xls-r-300m's configuration (built locally, no hub).
+
+Per model, every precision is exported with ``export_bundle`` (parity gate on the fp32 graph, accuracy gate on
+the converted one; the random model's gate is informational only: its transcripts are noise), then timed with
+``xlsr_edge.bench.run_bench``: each engine in its own spawned process, PyTorch eager fp32 in the same run,
+interleaved rounds, warm-up excluded; throughput = audio seconds / median model-call seconds on exactly
+``--seconds`` of audio (batch rows of equal length, no padding). Also reported: bundle size, load time, peak RSS.
+
+Extra variant ``int8-dynamic+cnn``: int8-dynamic with the CNN feature encoder's layers 1-6 exported as
+MatMuls and quantized too (``--quantize-ops MatMul Gemm FeatureEncoder``).
+
+Writes results.json, results.md and throughput.png into ``-o``. ``--quick`` is a small run (4-layer 300M shape,
+2 threads, batch 1, 2 rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "fp32": {},
+    "fp16": {"precision": "fp16"},
+    "int8-dynamic": {"precision": "int8-dynamic"},
+    "int8": {"precision": "int8"},
+    "int8-dynamic+cnn": {"precision": "int8-dynamic", "quantize_ops": ("MatMul", "Gemm", "FeatureEncoder")},
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def find_demo(path: Path | None) -> tuple[Path | None, Path | None, Path | None]:
+    """(checkpoint, test manifest, calibration manifest) of the demo model, or Nones."""
+    root = path or REPO / "models" / "demo-tr"
+    if not root.exists():
+        return None, None, None
+    candidates = [root, root / "checkpoint", root / "ckpt"]
+    ckpt = next((c for c in candidates if (c / "config.json").is_file()), None)
+
+    def manifest(*names: str) -> Path | None:
+        for name in names:
+            hits = sorted(root.rglob(name))
+            if hits:
+                return hits[0]
+        return None
+
+    return ckpt, manifest("test.jsonl", "test.tsv", "test.csv"), manifest("dev.jsonl", "train.jsonl")
+
+
+def export_variants(
+    ckpt: Path, work: Path, names: list[str], calibration: Path | None, informational_gate: bool
+) -> dict[str, dict]:
+    from xlsr_edge.export import ExportOptions, export_bundle
+
+    out = {}
+    for name in names:
+        bundle = work / name
+        meta = {"bundle": bundle}
+        times_file = work / "export_seconds.json"
+        times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+        if (bundle / "bundle.json").is_file():
+            log(f"reusing {bundle}")
+            meta["export_s"] = times.get(name)
+        else:
+            kw = dict(VARIANTS[name])
+            if kw.get("precision"):
+                kw["calibration"] = calibration
+                if informational_gate:
+                    kw.update(max_cer_delta=math.inf, min_frame_agreement=0.0)
+            log(f"exporting {ckpt} as {name}")
+            t0 = time.perf_counter()
+            export_bundle(ckpt, bundle, ExportOptions(overwrite=True, **kw))
+            meta["export_s"] = times[name] = round(time.perf_counter() - t0, 1)
+            times_file.write_text(json.dumps(times, indent=2) + "\n")
+        data = json.loads((bundle / "bundle.json").read_text())
+        report = data.get("extra", {}).get("precision_report") or {}
+        gate = report.get("gate") or {}
+        meta.update(
+            precision=data["precision"],
+            gate_cer_delta_points=gate.get("cer_delta_points"),
+            gate_argmax_agreement=gate.get("argmax_agreement"),
+            quantized=(report.get("ops") or {}).get("quantized"),
+        )
+        out[name] = meta
+    return out
+
+
+def test_set_cer(bundles: dict[str, dict], manifest: Path) -> None:
+    """CER/WER of every bundle on the demo test set (greedy, the runtime's own pipeline)."""
+    from xlsr_edge.calibration import read_manifest
+    from xlsr_edge.metrics import error_rates
+    from xlsr_edge.runtime import Recognizer
+
+    utts = read_manifest(manifest)
+    refs = [u.text or "" for u in utts]
+    for name, meta in bundles.items():
+        with Recognizer.from_bundle(meta["bundle"]) as rec:
+            hyps = [t.text for t in rec.transcribe([u.audio for u in utts])]
+        r = error_rates(refs, hyps, language="tr")
+        meta.update(test_cer=r.cer, test_wer=r.wer, test_utterances=r.utterances)
+        log(f"{name}: test CER {r.cer:.2%} WER {r.wer:.2%}")
+
+
+def bench(model: str, ckpt: Path, bundles: dict[str, dict], args, batch: list[int]) -> list[dict]:
+    from xlsr_edge.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        bundles=[m["bundle"] for m in bundles.values()],
+        seconds=[args.seconds],
+        batch=batch,
+        threads=args.threads,
+        torch=ckpt,
+        repeat=args.repeat,
+        warmup=args.warmup,
+    )
+    results = run_bench(config, log)
+    by_label = {Path(m["bundle"]).name: (name, m) for name, m in bundles.items()}
+    rows = []
+    for r in results["rows"]:
+        name, meta = by_label.get(r["engine"], (r["engine"], {}))
+        rows.append(
+            {
+                "model": model,
+                "variant": name,
+                **{k: r[k] for k in ("precision", "threads", "batch", "seconds", "audio_s_per_s", "p50_ms")},
+                "vs_eager": r["vs_baseline"],
+                "load_s": r["load_s"],
+                "peak_rss_mb": r["peak_rss_mb"],
+                "size_mb": r["size_mb"],
+                "export_s": meta.get("export_s"),
+                "test_cer": meta.get("test_cer"),
+                "test_wer": meta.get("test_wer"),
+                "gate_cer_delta_points": meta.get("gate_cer_delta_points"),
+                "gate_argmax_agreement": meta.get("gate_argmax_agreement"),
+            }
+        )
+    rows.append({"model": model, "environment": results["environment"], "method": results["method"]})
+    return rows
+
+
+COLUMNS = [
+    ("model", "model"),
+    ("variant", "engine"),
+    ("threads", "threads"),
+    ("batch", "batch"),
+    ("audio_s_per_s", "audio-s/s", "{:.2f}"),
+    ("vs_eager", "vs eager", "{:.2f}x"),
+    ("load_s", "load s", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS MiB", "{:.0f}"),
+    ("size_mb", "size MiB", "{:.1f}"),
+    ("test_cer", "test CER", "{:.2%}"),
+    ("gate_cer_delta_points", "gate ΔCER pts", "{:+.2f}"),
+    ("gate_argmax_agreement", "frame agree", "{:.4f}"),
+]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-o", "--out", type=Path, default=REPO / "benchmarks" / "results" / "precision")
+    ap.add_argument("--work", type=Path, default=None, help="bundles and checkpoints (reused when present)")
+    ap.add_argument("--demo", type=Path, default=None, help="demo model folder (default models/demo-tr)")
+    ap.add_argument("--demo-test", type=Path, default=None, help="test manifest (default: found in --demo)")
+    ap.add_argument(
+        "--demo-calibration", type=Path, default=None, help="default: dev/train manifest in --demo"
+    )
+    ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--skip-300m", action="store_true")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batch-300m", type=int, nargs="+", default=None, help="default: --batch")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--layers", type=int, default=24, help="transformer layers of the 300M-shaped model")
+    ap.add_argument("--quick", action="store_true", help="4 layers, 2 threads, batch 1, 2 rounds")
+    args = ap.parse_args()
+    if args.quick:
+        args.layers, args.threads, args.batch, args.repeat = 4, [2], [1], 2
+    work = args.work or Path(tempfile.mkdtemp(prefix="xlsr-precision-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    if not args.skip_demo:
+        ckpt, test_manifest, cal = find_demo(args.demo)
+        test_manifest, cal = args.demo_test or test_manifest, args.demo_calibration or cal
+        if ckpt is None:
+            log("demo model not found (models/demo-tr): skipping part (a)")
+        else:
+            bundles = export_variants(ckpt, work / "demo", args.variants, cal, informational_gate=False)
+            if test_manifest is not None:
+                test_set_cer(bundles, test_manifest)
+            rows += bench("demo", ckpt, bundles, args, args.batch)
+
+    if not args.skip_300m:
+        from xlsr_edge.export.tiny import XLSR_300M, build_checkpoint
+
+        name = "xls-r-300m-shape" + ("" if args.layers == 24 else f"-{args.layers}L")
+        ckpt = work / name / "checkpoint"
+        if not (ckpt / "model.safetensors").is_file():
+            log(f"building a random-weight {name} checkpoint")
+            build_checkpoint(ckpt, **{**XLSR_300M, "num_hidden_layers": args.layers})
+        bundles = export_variants(ckpt, work / name, args.variants, None, informational_gate=True)
+        rows += bench(name, ckpt, bundles, args, args.batch_300m or args.batch)
+
+    from xlsr_edge.bench import markdown_table, plot_bars, write_json
+
+    table_rows = [r for r in rows if "variant" in r]
+    envs = [r for r in rows if "environment" in r]
+    table = markdown_table(table_rows, COLUMNS)
+    print(json.dumps(table_rows, indent=2, default=str))
+    print(table)
+    write_json(args.out / "results.json", {"rows": table_rows, "runs": envs, "settings": vars(args)})
+    env = envs[0]["environment"] if envs else {}
+    (args.out / "results.md").write_text(
+        f"# precision benchmark\n\nCPU {env.get('cpu')} ({env.get('usable_cpus')} usable cores, load "
+        f"{env.get('loadavg_1m')} at start), onnxruntime {env.get('onnxruntime')}; {args.seconds:g} s audio, "
+        f"{args.repeat} interleaved rounds, median. vs eager = audio-s/s / PyTorch eager fp32's in the same run.\n\n"
+        + table
+        + "\n",
+        encoding="utf-8",
+    )
+    if table_rows:
+        plot_bars(
+            table_rows,
+            args.out / "throughput.png",
+            value="audio_s_per_s",
+            group=lambda r: f"{r['threads']} thr, batch {r['batch']}",
+            series=lambda r: r["variant"],
+            panel=lambda r: r["model"],
+            title=f"throughput, {args.seconds:g} s audio (audio-seconds per second)",
+            ylabel="audio-s/s",
+        )
+    log(f"wrote {args.out}/results.json, results.md, throughput.png (work: {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

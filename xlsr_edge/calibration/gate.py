@@ -1,0 +1,135 @@
+"""Accuracy gate for reduced-precision graphs: the fp32 graph and the converted graph on the same utterances.
+
+With transcripts: corpus CER/WER of both (greedy decoding, xlsr_edge.metrics.error_rates); the gate fails when
+CER rises by more than ``max_cer_delta`` percentage points. Without transcripts (a folder of audio): the share
+of frames whose argmax equals the fp32 graph's must reach ``min_agreement``. Both figures are always reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlsr_edge.bundle import ModelInfo
+from xlsr_edge.calibration.manifests import Utterance, manifest_digest, select_stratified
+from xlsr_edge.decoders import GreedyDecoder, Vocabulary
+from xlsr_edge.runtime.batching import bucket, pad_batch
+from xlsr_edge.runtime.runners import OnnxRuntimeRunner
+
+GATE_BATCH_SIZE = 8
+
+
+@dataclass
+class GateSet:
+    utterances: list[Utterance]
+    arrays: list[np.ndarray]  # normalized, full length
+    held_out: bool  # True when none of them was used for calibration
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.utterances) and all(u.text is not None and u.text.strip() for u in self.utterances)
+
+    def describe(self, sample_rate: int) -> dict[str, Any]:
+        return {
+            "utterances": len(self.utterances),
+            "seconds": round(sum(len(a) for a in self.arrays) / sample_rate, 2),
+            "sha256": manifest_digest(self.utterances),
+            "held_out_from_calibration": self.held_out,
+            "has_text": self.has_text,
+        }
+
+
+def select_gate_set(
+    manifest: Sequence[Utterance],
+    calibration: Sequence[Utterance],
+    info: ModelInfo,
+    size: int,
+    seed: int = 0,
+    source: str = "manifest",
+) -> GateSet:
+    """Up to ``size`` utterances (stratified by duration), preferring ones not used for calibration."""
+    from xlsr_edge.calibration.quantize import _load_utterance
+    from xlsr_edge.runtime.audio import normalize
+
+    used = {(u.raw_path, u.line) for u in calibration}
+    rest = [u for u in manifest if (u.raw_path, u.line) not in used]
+    held_out = len(rest) >= min(size, len(manifest)) // 2 and len(rest) > 0
+    pool = rest if held_out else list(manifest)
+    picked = select_stratified(pool, size, seed=seed + 1)
+    arrays = [normalize(_load_utterance(u, source, info), info.do_normalize) for u in picked]
+    return GateSet(utterances=picked, arrays=arrays, held_out=held_out)
+
+
+def run_graph(path: Path, info: ModelInfo, arrays: Sequence[np.ndarray], threads: int | None = None):
+    """Logits (valid frames only) per utterance, batched like the runtime (unpadded for no-mask models)."""
+    out: list[np.ndarray | None] = [None] * len(arrays)
+    max_padding = 0.25 if info.uses_attention_mask else 0.0
+    with OnnxRuntimeRunner(path, threads=threads) as runner:
+        for batch in bucket([len(a) for a in arrays], GATE_BATCH_SIZE, max_padding):
+            values, mask = pad_batch([arrays[i] for i in batch])
+            logits, lengths = runner.infer(values, mask)
+            for k, i in enumerate(batch):
+                out[i] = np.asarray(logits[k, : int(lengths[k])], dtype=np.float32)
+    return out
+
+
+def _argmax_agreement(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+    same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b))
+    return same / max(sum(x.shape[0] for x in a), 1)
+
+
+def precision_gate(
+    fp32_path: Path,
+    candidate_path: Path,
+    info: ModelInfo,
+    gate: GateSet,
+    *,
+    max_cer_delta: float,
+    min_agreement: float,
+) -> dict[str, Any]:
+    """Compare the two graphs; returns the report with ``passed`` and ``failures`` (raises nothing)."""
+    decoder = GreedyDecoder(Vocabulary.from_model_info(info))
+    ref = run_graph(fp32_path, info, gate.arrays)
+    cand = run_graph(candidate_path, info, gate.arrays)
+    ref_text = [decoder.decode(x).text for x in ref]
+    cand_text = [decoder.decode(x).text for x in cand]
+    report: dict[str, Any] = {
+        "set": gate.describe(info.sample_rate),
+        "argmax_agreement": round(_argmax_agreement(ref, cand), 6),
+        "max_abs_logit_diff": float(max(np.abs(x - y).max() for x, y in zip(ref, cand) if x.size)),
+        "transcripts_changed": sum(a != b for a, b in zip(ref_text, cand_text)),
+        "criterion": None,
+    }
+    failures = []
+    if gate.has_text:
+        from xlsr_edge.metrics import error_rates
+
+        refs = [u.text or "" for u in gate.utterances]
+        r32, rq = error_rates(refs, ref_text), error_rates(refs, cand_text)
+        delta = (rq.cer - r32.cer) * 100
+        report.update(
+            criterion=f"CER rise <= {max_cer_delta:g} points",
+            max_cer_delta=max_cer_delta,
+            fp32={"cer": round(r32.cer, 6), "wer": round(r32.wer, 6)},
+            candidate={"cer": round(rq.cer, 6), "wer": round(rq.wer, 6)},
+            cer_delta_points=round(delta, 4),
+            wer_delta_points=round((rq.wer - r32.wer) * 100, 4),
+        )
+        if delta > max_cer_delta:
+            failures.append(
+                f"CER rose {delta:.2f} points ({r32.cer:.2%} -> {rq.cer:.2%}) > --max-cer-delta {max_cer_delta:g}"
+            )
+    else:
+        report.update(criterion=f"frame argmax agreement >= {min_agreement:g}", min_agreement=min_agreement)
+        if report["argmax_agreement"] < min_agreement:
+            failures.append(
+                f"frame argmax agreement with fp32 {report['argmax_agreement']:.4f} < {min_agreement:g} "
+                "(no transcripts in the manifest, so the gate compares frames)"
+            )
+    report["failures"] = failures
+    report["passed"] = not failures
+    return report

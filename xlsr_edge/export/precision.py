@@ -1,0 +1,238 @@
+"""fp16 / int8-dynamic / int8 bundles: convert the verified fp32 graph, gate it on transcribed speech, report.
+
+Called by export_bundle after the fp32 parity gate passed. The bundle ships only the converted graph: the fp32
+graph is reproducible from the checkpoint, and the gate's fp32 figures are kept in bundle.json.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xlsr_edge.bundle import ModelInfo
+from xlsr_edge.constants import MODEL_ONNX, MODEL_ONNX_DATA
+from xlsr_edge.errors import ExportError
+
+if TYPE_CHECKING:  # the quantization modules import onnx/onnxruntime.quantization: load them when used
+    from xlsr_edge.calibration.gate import GateSet
+    from xlsr_edge.calibration.quantize import CalibrationSet
+
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
+QUANTIZABLE_GROUPS = ("MatMul", "Gemm", "Attention", "FeatureEncoder", "Conv")
+
+
+def wants_channels_last_cnn(options) -> bool:
+    """FeatureEncoder quantization needs the CNN exported as MatMuls (xlsr_edge.export.cnn_matmul)."""
+    return options.precision in ("int8", "int8-dynamic") and "FeatureEncoder" in options.quantize_ops
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def check_options(o) -> None:
+    """Validate the precision fields of ExportOptions (ExportError names the CLI flag)."""
+    if o.precision not in PRECISIONS:
+        raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {o.precision!r}")
+    if o.precision == "fp32":
+        if o.calibration is not None:
+            raise ExportError("--calibration applies to --precision fp16, int8-dynamic or int8, not fp32")
+        return
+    if o.calibration_size < 1:
+        raise ExportError(f"--calibration-size must be at least 1, got {o.calibration_size}")
+    if o.gate_size < 1:
+        raise ExportError(f"--gate-size must be at least 1, got {o.gate_size}")
+    if o.calibration_method not in CALIBRATION_METHODS:
+        raise ExportError(
+            f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {o.calibration_method!r}"
+        )
+    if not 0 <= o.min_frame_agreement <= 1:
+        raise ExportError(f"--min-frame-agreement must be within [0, 1], got {o.min_frame_agreement}")
+    if o.max_cer_delta != o.max_cer_delta:  # NaN
+        raise ExportError("--max-cer-delta must be a number of CER points")
+    bad = [g for g in o.quantize_ops if g not in QUANTIZABLE_GROUPS]
+    if bad or not o.quantize_ops:
+        raise ExportError(
+            f"--quantize-ops: unknown {bad or 'empty list'}; choose from {', '.join(QUANTIZABLE_GROUPS)}"
+        )
+
+
+@dataclass
+class PrecisionInputs:
+    source: str
+    calibration: CalibrationSet | None  # int8 (static) only
+    gate: GateSet
+
+
+def load_precision_inputs(options, info: ModelInfo) -> PrecisionInputs:
+    """Read the manifest, the calibration set (int8) and the gate's utterances, before any export work."""
+    from xlsr_edge.calibration import read_manifest
+    from xlsr_edge.calibration.gate import select_gate_set
+    from xlsr_edge.calibration.quantize import load_calibration_set
+    from xlsr_edge.data import CLIPS_MANIFEST
+
+    source = options.calibration if options.calibration is not None else CLIPS_MANIFEST
+    calib = None
+    if options.precision == "int8":
+        calib = load_calibration_set(source, info, options.calibration_size, options.seed)
+    manifest = read_manifest(source)
+    used = calib.utterances if calib is not None else []
+    gate = select_gate_set(manifest, used, info, options.gate_size, options.seed, str(source))
+    return PrecisionInputs(source=str(source), calibration=calib, gate=gate)
+
+
+def convert_precision(
+    fp32_path: Path, bundle_dir: Path, info: ModelInfo, options, inputs: PrecisionInputs
+) -> dict[str, Any]:
+    """Replace ``bundle_dir/model.onnx`` (fp32) by the ``options.precision`` graph; return the report.
+
+    Raises ExportError when the accuracy gate fails (the caller's atomic folder then leaves no bundle).
+    """
+    import onnx
+
+    from xlsr_edge.calibration.fp16 import convert_fp16
+    from xlsr_edge.calibration.gate import precision_gate
+    from xlsr_edge.calibration.quantize import (
+        graph_bytes,
+        op_summary,
+        quantize_int8_dynamic,
+        quantize_int8_static,
+        save_graph,
+    )
+
+    precision = options.precision
+    t0 = time.perf_counter()
+    # scratch space beside the bundle (same filesystem), never inside it: the bundle hashes every file
+    work = Path(tempfile.mkdtemp(prefix=".xlsr-precision-", dir=bundle_dir.parent))
+    try:
+        candidate = work / "candidate.onnx"
+        calib = inputs.calibration
+        _log(f"converting to {precision}")
+        if precision == "int8-dynamic":
+            method = quantize_int8_dynamic(
+                fp32_path, candidate, quantize_groups=options.quantize_ops, exclude=options.exclude_ops
+            )
+        elif precision == "int8":
+            assert calib is not None
+            _log(
+                f"calibrating ({options.calibration_method}) on {len(calib.utterances)} utterances, "
+                f"{calib.seconds(info.sample_rate):.1f} s"
+            )
+            method = quantize_int8_static(
+                fp32_path,
+                candidate,
+                calib,
+                info.uses_attention_mask,
+                method=options.calibration_method,
+                quantize_groups=options.quantize_ops,
+                exclude=options.exclude_ops,
+            )
+        elif precision == "fp16":
+            method = convert_fp16(fp32_path, candidate, exclude=options.exclude_ops)
+        else:
+            raise ExportError(f"unknown precision {precision!r}")
+        gate = inputs.gate
+        _log(f"accuracy gate: fp32 vs {precision} on {len(gate.utterances)} utterances")
+        gate_report = precision_gate(
+            fp32_path,
+            candidate,
+            info,
+            gate,
+            max_cer_delta=options.max_cer_delta,
+            min_agreement=options.min_frame_agreement,
+        )
+        if not gate_report["passed"]:
+            raise ExportError(
+                f"{precision} accuracy gate failed, no bundle written: " + "; ".join(gate_report["failures"])
+            )
+        fp32_bytes = graph_bytes(fp32_path)
+        cand_bytes = graph_bytes(candidate)
+        ops = op_summary(candidate)
+        # move the candidate into the bundle under the standard names
+        for f in (bundle_dir / MODEL_ONNX, bundle_dir / MODEL_ONNX_DATA):
+            f.unlink(missing_ok=True)
+        external = save_graph(onnx.load(str(candidate)), bundle_dir / MODEL_ONNX, MODEL_ONNX_DATA)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "precision": precision,
+        "method": method,
+        "ops": ops,
+        "calibration": calib.describe(info.sample_rate) if calib is not None else None,
+        "gate": {"source": inputs.source, **gate_report},
+        "sizes": {
+            "fp32_graph_bytes": fp32_bytes,
+            "graph_bytes": cand_bytes,
+            "ratio": round(cand_bytes / fp32_bytes, 4),
+            "external_data": external,
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _counts(d: dict[str, int] | None) -> str:
+    return ", ".join(f"{n} {op}" for op, n in sorted((d or {}).items())) or "none"
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def format_report(r: dict[str, Any]) -> list[str]:
+    """bundle.json's extra["precision_report"] as `xlsr-edge inspect` lines (label column 14 wide)."""
+    out = []
+    method = r.get("method") or {}
+    ops = r.get("ops") or {}
+    out.append(f"{'conversion':<13} {r.get('precision')}: {method.get('method', '?')}")
+    if method.get("weights"):
+        out.append(f"{'':<13} weights {method['weights']}; activations {method.get('activations', '?')}")
+    if ops.get("quantized"):
+        out.append(
+            f"{'quantized':<13} {_counts(ops['quantized'])}"
+            f" (Q nodes: {_counts(ops.get('quantization_nodes'))})"
+        )
+    if ops.get("float16"):
+        out.append(f"{'float16':<13} {_counts(ops['float16'])}")
+    out.append(f"{'float32':<13} {_counts(ops.get('float32'))}")
+    kept = method.get("kept_float_nodes") or {}
+    if kept:
+        out.append(f"{'kept float':<13} " + ", ".join(f"{n} {why}" for why, n in sorted(kept.items())))
+    if method.get("kept_float32_op_types"):
+        out.append(f"{'kept float':<13} {', '.join(method['kept_float32_op_types'])}")
+    cal = r.get("calibration")
+    if cal:
+        out.append(
+            f"{'calibration':<13} {cal['utterances']} of {cal['manifest_utterances']} utterances, "
+            f"{cal['seconds']:.1f} s, sha256 {cal['sha256'][:16]}… ({Path(cal['source']).name}, seed {cal['seed']})"
+        )
+    g = r.get("gate") or {}
+    if g:
+        st = g.get("set", {})
+        verdict = "passed" if g.get("passed") else "FAILED"
+        if "cer_delta_points" in g:
+            fig = (
+                f"CER {g['fp32']['cer']:.2%} -> {g['candidate']['cer']:.2%} ({g['cer_delta_points']:+.2f} pts, "
+                f"max {g['max_cer_delta']:g}), WER {g['fp32']['wer']:.2%} -> {g['candidate']['wer']:.2%}"
+            )
+        else:
+            fig = f"no transcripts: frame agreement >= {g.get('min_agreement')}"
+        out.append(f"{'gate':<13} {verdict}: {fig}")
+        out.append(
+            f"{'':<13} frame argmax agreement {g.get('argmax_agreement', 0):.4f}, "
+            f"{g.get('transcripts_changed', '?')} transcripts changed, on {st.get('utterances')} utterances "
+            f"({st.get('seconds', 0):.1f} s, sha256 {str(st.get('sha256'))[:16]}…"
+            f"{', held out from calibration' if st.get('held_out_from_calibration') and cal else ''})"
+        )
+    sizes = r.get("sizes") or {}
+    if sizes:
+        out.append(
+            f"{'size':<13} fp32 {_mb(sizes.get('fp32_graph_bytes'))} -> {_mb(sizes.get('graph_bytes'))} "
+            f"({sizes.get('ratio', 0):.2f}x)"
+        )
+    return out
