@@ -189,3 +189,14 @@ def test_engine_transcripts_equal_the_onnxruntime_bundle(
     import jiwer
 
     assert jiwer.cer(" ".join(expected), " ".join(got)) <= (0.0 if precision == "fp32" else 0.05)
+
+
+@pytest.mark.skipif(GPU_SKIP is None, reason="TensorRT and a GPU are present: the refusal path does not apply")
+def test_export_with_trt_engine_refuses_at_once_and_writes_nothing(tiny_ckpt, tmp_path, capsys):
+    from xlsr_edge.cli import export_main
+
+    out = tmp_path / "b"
+    assert export_main([str(tiny_ckpt), "-o", str(out), "--engine", "trt", "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and ("xlsr-edge[trt]" in err[0] or "GPU" in err[0])
+    assert list(tmp_path.iterdir()) == []

@@ -117,6 +117,12 @@ def _export_parser() -> argparse.ArgumentParser:
         "(CNN layers 1-6 exported as MatMuls: faster on CPU), Conv (ConvInteger: slow, not recommended)",
     )
     q.add_argument("--seed", type=int, default=0, help="calibration/gate utterance selection")
+    ap.add_argument(
+        "--engine", choices=["onnx", "trt"], default="onnx", help="trt: also build a TensorRT engine"
+    )
+    from xlsr_edge.commands.engine import add_engine_arguments
+
+    add_engine_arguments(ap)
     m = ap.add_argument_group("multi-language (one backbone, a head per language)")
     m.add_argument("--multi", nargs="+", metavar="LANG=CKPT", help="checkpoints sharing one frozen backbone")
     m.add_argument(
@@ -195,6 +201,8 @@ def _export(args: argparse.Namespace) -> int:
         return _export_multi(args, options)
     if args.checkpoint is None:
         raise XlsrEdgeError("give a CHECKPOINT folder (or --multi LANG=CKPT ...)")
+    if args.engine == "trt":
+        return _export_with_engine(args, options)
     manifest = export_bundle(args.checkpoint, args.output, options)
     p = manifest.parity or {}
     gate = "skipped" if "skipped" in p else f"passed (max |diff| {p['vs_pytorch']['max_abs_diff']:.2e})"
@@ -205,6 +213,28 @@ def _export(args: argparse.Namespace) -> int:
 
         for line in format_report(report):
             print(f"  {line}")
+    return EXIT_OK
+
+
+def _export_with_engine(args: argparse.Namespace, options) -> int:
+    """Export, then build the TensorRT engine into the bundle; refuse at once when TensorRT/GPU are missing."""
+    import shutil
+
+    from xlsr_edge.commands.engine import build_options
+    from xlsr_edge.export import export_bundle
+    from xlsr_edge.runtime.tensorrt import build_engine, describe, require_tensorrt
+
+    if args.multi:
+        raise XlsrEdgeError("--engine trt is not supported with --multi yet")
+    build = build_options(args, args.max_batch)
+    device = require_tensorrt()  # before any export work: nothing is written when this fails
+    export_bundle(args.checkpoint, args.output, options)
+    try:
+        sidecar = build_engine(args.output, build, device)
+    except BaseException:
+        shutil.rmtree(args.output, ignore_errors=True)  # no bundle that claims an engine it lacks
+        raise
+    print(f"wrote {args.output}: {describe(sidecar)}, engine built in {sidecar['build_seconds']} s")
     return EXIT_OK
 
 
