@@ -13,7 +13,7 @@ interleaved rounds, warm-up excluded; throughput = audio seconds / median model-
 Extra variant ``int8-dynamic+cnn``: int8-dynamic with the CNN feature encoder's layers 1-6 exported as
 MatMuls and quantized too (``--quantize-ops MatMul Gemm FeatureEncoder``).
 
-Writes results.json, results.md and throughput.png into ``-o``. ``--quick`` is a small run (4-layer 300M shape,
+Writes results.json, results.md and throughput_<model>.png into ``-o``. ``--quick`` is a small run (4-layer 300M shape,
 2 threads, batch 1, 2 rounds).
 """
 
@@ -166,6 +166,26 @@ COLUMNS = [
 ]
 
 
+def write_plots(rows: list[dict], out: Path, seconds: float) -> list[Path]:
+    """One PNG per model: throughput per (threads, batch), one bar per engine."""
+    from xlsr_edge.bench import plot_bars
+
+    paths = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        paths.append(
+            plot_bars(
+                [r for r in rows if r["model"] == model],
+                out / f"throughput_{model}.png",
+                value="audio_s_per_s",
+                group=lambda r: f"{r['threads']} thr, batch {r['batch']}",
+                series=lambda r: r["variant"],
+                title=f"{model}: throughput on {seconds:g} s audio (audio-seconds per second)",
+                ylabel="audio-s/s",
+            )
+        )
+    return paths
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--out", type=Path, default=REPO / "benchmarks" / "results" / "precision")
@@ -215,7 +235,7 @@ def main() -> int:
         bundles = export_variants(ckpt, work / name, args.variants, None, informational_gate=True)
         rows += bench(name, ckpt, bundles, args, args.batch_300m or args.batch)
 
-    from xlsr_edge.bench import markdown_table, plot_bars, write_json
+    from xlsr_edge.bench import markdown_table, write_json
 
     table_rows = [r for r in rows if "variant" in r]
     envs = [r for r in rows if "environment" in r]
@@ -232,18 +252,8 @@ def main() -> int:
         + "\n",
         encoding="utf-8",
     )
-    if table_rows:
-        plot_bars(
-            table_rows,
-            args.out / "throughput.png",
-            value="audio_s_per_s",
-            group=lambda r: f"{r['threads']} thr, batch {r['batch']}",
-            series=lambda r: r["variant"],
-            panel=lambda r: r["model"],
-            title=f"throughput, {args.seconds:g} s audio (audio-seconds per second)",
-            ylabel="audio-s/s",
-        )
-    log(f"wrote {args.out}/results.json, results.md, throughput.png (work: {work})")
+    plots = write_plots(table_rows, args.out, args.seconds)
+    log(f"wrote {args.out}/results.json, results.md, {', '.join(p.name for p in plots)} (work: {work})")
     return 0
 
 

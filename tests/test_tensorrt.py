@@ -191,7 +191,9 @@ def test_engine_transcripts_equal_the_onnxruntime_bundle(
     assert jiwer.cer(" ".join(expected), " ".join(got)) <= (0.0 if precision == "fp32" else 0.05)
 
 
-@pytest.mark.skipif(GPU_SKIP is None, reason="TensorRT and a GPU are present: the refusal path does not apply")
+@pytest.mark.skipif(
+    GPU_SKIP is None, reason="TensorRT and a GPU are present: the refusal path does not apply"
+)
 def test_export_with_trt_engine_refuses_at_once_and_writes_nothing(tiny_ckpt, tmp_path, capsys):
     from xlsr_edge.cli import export_main
 

@@ -111,17 +111,27 @@ def precision_gate(
         refs = [u.text or "" for u in gate.utterances]
         r32, rq = error_rates(refs, ref_text), error_rates(refs, cand_text)
         delta = (rq.cer - r32.cer) * 100
+        points_per_char = 100 / max(r32.ref_chars, 1)
         report.update(
             criterion=f"CER rise <= {max_cer_delta:g} points",
             max_cer_delta=max_cer_delta,
+            reference_chars=r32.ref_chars,
+            points_per_char=round(points_per_char, 4),
             fp32={"cer": round(r32.cer, 6), "wer": round(r32.wer, 6)},
             candidate={"cer": round(rq.cer, 6), "wer": round(rq.wer, 6)},
             cer_delta_points=round(delta, 4),
             wer_delta_points=round((rq.wer - r32.wer) * 100, 4),
         )
         if delta > max_cer_delta:
+            coarse = (
+                f" (the gate set has {r32.ref_chars} reference characters: one character is "
+                f"{points_per_char:.2f} points; pass --calibration with more of your own transcribed speech)"
+                if points_per_char > max_cer_delta > 0
+                else ""
+            )
             failures.append(
                 f"CER rose {delta:.2f} points ({r32.cer:.2%} -> {rq.cer:.2%}) > --max-cer-delta {max_cer_delta:g}"
+                + coarse
             )
     else:
         report.update(criterion=f"frame argmax agreement >= {min_agreement:g}", min_agreement=min_agreement)
