@@ -108,16 +108,9 @@ def checkpoints(work: Path) -> dict[str, Path]:
     if base is not None:
         shutil.copytree(base, tr, dirs_exist_ok=True, ignore=shutil.ignore_patterns("test", "*.md"))
     else:
-        build_checkpoint(
-            tr,
-            hidden_size=192,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=768,
-            conv_dim=(32, 32, 32, 64, 128, 128, 128),
-            num_conv_pos_embeddings=128,
-            num_conv_pos_embedding_groups=16,
-        )
+        from xlsr_edge.train.finetune import NAMED_CONFIGS
+
+        build_checkpoint(tr, **NAMED_CONFIGS["tiny-demo"])
     out = {"tr": tr}
     for lang, chars in (("id", "abcdefghijklmnoprstuwy"), ("es", "abcdefghijlmnñopqrstuvxyzáéíóú")):
         out[lang] = with_new_head(tr, list(chars), work / f"ckpt-{lang}")

@@ -322,11 +322,12 @@ def expand_inputs(specs: Sequence[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def _decoder_options(args: argparse.Namespace):
+def decoder_options(args: argparse.Namespace):
     from xlsr_edge.decoders import BeamOptions, GreedyOptions
 
+    hotwords = tuple(getattr(args, "hotword", None) or ())  # eval has no hotword options
     if args.decoder == "greedy":
-        if args.lm or args.hotword:
+        if args.lm or hotwords:
             raise XlsrEdgeError("--lm and --hotword need --decoder beam")
         return GreedyOptions()
     return BeamOptions(
@@ -334,8 +335,8 @@ def _decoder_options(args: argparse.Namespace):
         alpha=args.alpha,
         beta=args.beta,
         lm_path=str(args.lm) if args.lm else None,
-        hotwords=tuple(args.hotword or ()),
-        hotword_weight=args.hotword_weight,
+        hotwords=hotwords,
+        hotword_weight=getattr(args, "hotword_weight", 10.0),
         num_workers=args.workers,
     )
 
@@ -356,7 +357,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         backend=args.backend,
         providers=args.providers if args.backend == "onnxruntime" else None,
         threads=args.threads,
-        decoder=_decoder_options(args),
+        decoder=decoder_options(args),
         language=args.language,
         lid_threshold=args.lid_threshold,
         below_threshold=args.below_threshold,

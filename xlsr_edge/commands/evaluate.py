@@ -11,23 +11,8 @@ from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK, EXIT_SOME_FAILED
 from xlsr_edge.errors import XlsrEdgeError
 
 
-def _decoder_options(args: argparse.Namespace):
-    from xlsr_edge.decoders import BeamOptions, GreedyOptions
-
-    if args.decoder == "greedy":
-        if args.lm is not None:
-            raise XlsrEdgeError("--lm needs --decoder beam")
-        return GreedyOptions()
-    return BeamOptions(
-        beam_width=args.beam_width,
-        alpha=args.alpha,
-        beta=args.beta,
-        lm_path=str(args.lm) if args.lm else None,
-        num_workers=args.workers,
-    )
-
-
 def _eval(args: argparse.Namespace) -> int:
+    from xlsr_edge.cli import decoder_options  # the same decoder flags as transcribe
     from xlsr_edge.evaluation import (
         EvalOptions,
         evaluate,
@@ -42,7 +27,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise XlsrEdgeError(f"--threads must be >= 1, got {args.threads}")
     options = EvalOptions(
-        decoder=_decoder_options(args),
+        decoder=decoder_options(args),
         language=args.language,
         batch_size=args.batch_size,
         threads=args.threads,

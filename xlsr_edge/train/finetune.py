@@ -305,13 +305,10 @@ def collate(
 ) -> tuple[dict, np.ndarray]:
     """(batch, samples per item): zero-padded input_values, attention_mask (layer-norm models only), labels
     padded with -100."""
+    from xlsr_edge.runtime.batching import pad_batch
+
     torch = _torch()
-    longest = max(len(a) for a in arrays)
-    values = np.zeros((len(arrays), longest), dtype=np.float32)
-    mask = np.zeros((len(arrays), longest), dtype=np.int64)
-    for i, a in enumerate(arrays):
-        values[i, : len(a)] = a
-        mask[i, : len(a)] = 1
+    values, mask = pad_batch(arrays)  # the runtime's padding: training sees what inference sees
     batch = {"input_values": torch.from_numpy(values)}
     if front.uses_attention_mask:
         batch["attention_mask"] = torch.from_numpy(mask)
