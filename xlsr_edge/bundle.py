@@ -220,6 +220,7 @@ def atomic_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
         raise XlsrEdgeError(f"output {target} already exists; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a bundle is meant to be copied and shared
     try:
         yield tmp
     except BaseException:
