@@ -222,12 +222,12 @@ def _export_with_engine(args: argparse.Namespace, options) -> int:
 
     from xlsr_edge.commands.engine import build_options
     from xlsr_edge.export import export_bundle
-    from xlsr_edge.runtime.tensorrt import build_engine, describe, require_tensorrt
+    from xlsr_edge.runtime.tensorrt import build_engine, current_device, describe
 
     if args.multi:
         raise XlsrEdgeError("--engine trt is not supported with --multi yet")
     build = build_options(args, args.max_batch)
-    device = require_tensorrt()  # before any export work: nothing is written when this fails
+    device = current_device()  # before any export work: nothing is written when this fails
     export_bundle(args.checkpoint, args.output, options)
     try:
         sidecar = build_engine(args.output, build, device)
@@ -308,7 +308,7 @@ def expand_inputs(specs: Sequence[str]) -> list[tuple[str, Path]]:
     The label is the path exactly as the user (or the manifest) wrote it, so output joins back to manifests.
     """
     from xlsr_edge.calibration import read_manifest
-    from xlsr_edge.runtime.audio import AUDIO_EXTENSIONS
+    from xlsr_edge.constants import AUDIO_EXTENSIONS
 
     out: list[tuple[str, Path]] = []
     for spec in specs:

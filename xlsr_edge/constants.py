@@ -33,6 +33,9 @@ PRECISION_MAX_CER_DELTA = 0.5  # CER percentage points the converted graph may a
 PRECISION_MIN_FRAME_AGREEMENT = 0.95  # frame argmax agreement with fp32 (manifests without transcripts)
 PRECISION_GATE_SIZE = 100  # utterances the gate transcribes (stratified by duration)
 
+# What soundfile reads that we look for in folders (runtime, manifests, parity gate).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
+
 # Runtime defaults
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_CHUNK_CONTEXT_SECONDS = 5.0

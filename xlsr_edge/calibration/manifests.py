@@ -33,10 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xlsr_edge.constants import AUDIO_EXTENSIONS
 from xlsr_edge.errors import ManifestError
 
-# Same set as xlsr_edge.runtime.audio.AUDIO_EXTENSIONS (kept here so this module imports nothing else).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 JSONL_SUFFIXES = (".json", ".jsonl")
 LIST_SUFFIXES = (".txt", ".lst")
 

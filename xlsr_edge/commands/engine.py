@@ -43,10 +43,10 @@ def build_options(args: argparse.Namespace, max_batch: int | None):
 
 def _build_engine(args: argparse.Namespace) -> int:
     from xlsr_edge.bundle import load_bundle
-    from xlsr_edge.runtime.tensorrt import build_engine, describe, require_tensorrt
+    from xlsr_edge.runtime.tensorrt import build_engine, current_device, describe
 
     options = build_options(args, args.max_batch)  # validate options before anything else
-    device = require_tensorrt()  # fails at once, writes nothing, when TensorRT/GPU are missing
+    device = current_device()  # fails at once, writes nothing, when TensorRT/GPU are missing
     load_bundle(args.bundle)  # verify hashes before building from the graph
     sidecar = build_engine(args.bundle, options, device)
     print(f"wrote {args.bundle / sidecar['file']}: {describe(sidecar)} in {sidecar['build_seconds']} s")

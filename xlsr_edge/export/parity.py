@@ -12,7 +12,7 @@ from xlsr_edge.constants import PARITY_MAX_ABS_DIFF, PARITY_MIN_ARGMAX_AGREEMENT
 from xlsr_edge.data import default_clips
 from xlsr_edge.decoders import GreedyDecoder, Vocabulary
 from xlsr_edge.errors import ExportError
-from xlsr_edge.runtime.audio import AUDIO_EXTENSIONS, load_audio, normalize
+from xlsr_edge.runtime.audio import load_audio, normalize
 from xlsr_edge.runtime.batching import pad_batch
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner
 
@@ -37,13 +37,9 @@ def verification_audio(
     if source is None:
         paths = default_clips()
     else:
-        src = Path(source)
-        if src.is_dir():
-            paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-        else:
-            from xlsr_edge.calibration import read_manifest
+        from xlsr_edge.calibration import read_manifest  # a folder of audio or any manifest format
 
-            paths = [u.audio for u in read_manifest(src)]
+        paths = [u.audio for u in read_manifest(Path(source))]
     audios = [(str(p), load_audio(p, sample_rate)) for p in paths[:limit]]
     if len({len(a) for _, a in audios}) < PARITY_MIN_UTTERANCES:
         raise ExportError(

@@ -9,8 +9,6 @@ import numpy as np
 from xlsr_edge.constants import NORMALIZE_EPS
 from xlsr_edge.errors import AudioError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
-
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Read a file soundfile understands, return float32 mono at `sample_rate`. Raises AudioError."""

@@ -151,11 +151,6 @@ def current_device() -> DeviceInfo:
     return DeviceInfo(trt.__version__, f"{props.major}.{props.minor}", name.strip("\x00 "))
 
 
-def require_tensorrt() -> DeviceInfo:
-    """Fail at once, before any work, when TensorRT, cuda-python or a GPU is missing."""
-    return current_device()
-
-
 # -- building -------------------------------------------------------------------------------------------------
 
 
@@ -208,7 +203,7 @@ def _progress_monitor(trt):
 
 def build_engine(bundle: Path, options: BuildOptions, device: DeviceInfo | None = None) -> dict[str, Any]:
     """Build engine.plan from the bundle's graph and record the sidecar in bundle.json (atomically)."""
-    device = device or require_tensorrt()
+    device = device or current_device()
     trt = _import_tensorrt()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -294,7 +289,6 @@ class TensorRTRunner(Runner):
         shapes = (manifest.extra.get("engine") or {}).get("profile", {}).get("shapes", {})
         self.max_batch = shapes.get("max", [None, None])[0]
         self.max_samples = shapes.get("max", [None, None])[1]
-        self.min_samples = shapes.get("min", [None, None])[1]
 
     def _device(self) -> DeviceInfo:
         return self._device_info or current_device()
