@@ -5,11 +5,15 @@
 Steps (each is the exact CLI command the model card lists; --skip-synth / --skip-train reuse WORK):
 1. ``xlsr-edge synth``: 1.5 h of Turkish espeak-ng speech, seed 0.
 2. ``xlsr-edge finetune --init tiny-demo``: from scratch, one torch thread, 12 epochs, then ``--resume`` with
-   ``--epochs 18`` (~42 min on one shared CPU core in all).
-3. package: the checkpoint's config, tokenizer/processor files and weights (stored as float16 to halve the
-   size; ``config.json`` says float32, so transformers loads them as float32), plus CLIPS clips of the corpus'
-   held-out test split (stratified by duration) as ``test/*.flac`` with ``test/test.jsonl``.
-4. score: ``export-xlsr`` the packaged model, ``xlsr-edge transcribe --json`` (greedy) the corpus dev and test
+   ``--epochs 18`` (~42 min on one shared CPU core in all); packaged as WORK/stage1.
+3. More data, continued training: ``xlsr-edge synth`` 3 h more (seed 1); its sentences that occur in the first
+   corpus' dev/test splits are dropped; ``xlsr-edge finetune --init WORK/stage1 --vocab WORK/stage1 --keep-head``
+   on the first corpus' train split + all of the second corpus, 3 epochs, feature encoder frozen (the default
+   for a checkpoint), lr 1e-3 (~18 min on one core).
+4. package: the checkpoint's config, tokenizer/processor files and weights (stored as float16 to halve the
+   size; ``config.json`` says float32, so transformers loads them as float32), plus CLIPS clips of the first
+   corpus' held-out test split (stratified by duration) as ``test/*.flac`` with ``test/test.jsonl``.
+5. score: ``export-xlsr`` the packaged model, ``xlsr-edge transcribe --json`` (greedy) the corpus dev and test
    splits and the shipped clips, ``xlsr_edge.metrics.error_rates``; writes WORK/eval.json.
 """
 
@@ -30,6 +34,15 @@ FINETUNE = [
 # How the shipped model was made: 12 epochs (warm-up + cosine), then the same run resumed with an 18-epoch
 # schedule: a warm restart at step 2232 (lr back to ~6e-4) and a cosine decay over 6 more epochs.
 STAGES = (["--epochs", "12", "--overwrite"], ["--epochs", "18", "--resume"])
+# Stage 3: 3 h more synthetic speech (another seed) and 3 epochs of continued training at a lower peak lr.
+SYNTH_MORE = [
+    "--language", "tr", "--hours", "3", "--seed", "1", "--freq-power", "1.0", "--jobs", "2",
+    "--dev-share", "0.02", "--test-share", "0.02",
+]  # fmt: skip
+CONTINUE = [
+    "--keep-head", "--language", "tr", "--batch-size", "8", "--lr", "1e-3", "--warmup-ratio", "0.05",
+    "--threads", "1", "--seed", "1", "--epochs", "3", "--eval-every", "300", "--overwrite",
+]  # fmt: skip
 CHECKPOINT_FILES = ("config.json", "vocab.json", "tokenizer_config.json", "processor_config.json")
 
 
@@ -63,6 +76,25 @@ def package(ckpt: Path, corpus: Path, out: Path, clips: int) -> None:
             )
         )
     (out / "test" / "test.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def continued_training_set(corpus: Path, more: Path, out: Path) -> Path:
+    """First corpus' train split + every split of the second corpus, minus sentences of the first's dev/test."""
+    held = {json.loads(line)["text"] for name in ("dev", "test") for line in _lines(corpus / f"{name}.jsonl")}
+    kept = []
+    for manifest in (corpus / "train.jsonl", *(more / f"{n}.jsonl" for n in ("train", "dev", "test"))):
+        for line in _lines(manifest):
+            entry = json.loads(line)
+            if entry["text"] in held:
+                continue
+            entry["audio_filepath"] = str((manifest.parent / entry["audio_filepath"]).resolve())
+            kept.append(json.dumps(entry, ensure_ascii=False))
+    out.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return out
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def score(bundle: Path, manifest: Path) -> dict:
@@ -100,14 +132,21 @@ def main() -> int:
     ap.add_argument("--skip-synth", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
-    corpus, ckpt, bundle = args.work / "corpus", args.work / "ckpt", args.work / "bundle"
+    work = args.work
+    corpus, more, bundle = work / "corpus", work / "corpus-more", work / "bundle"
+    ckpt, stage1, ckpt_more = work / "ckpt", work / "stage1", work / "ckpt-more"
     if not args.skip_synth:
         run(["xlsr-edge", "synth", *SYNTH, "-o", str(corpus), "--overwrite"])
+        run(["xlsr-edge", "synth", *SYNTH_MORE, "-o", str(more), "--overwrite"])
+    dev = ["--dev", str(corpus / "dev.jsonl")]
     if not args.skip_train:
-        train = ["--train", str(corpus / "train.jsonl"), "--dev", str(corpus / "dev.jsonl")]
+        first = ["--train", str(corpus / "train.jsonl"), *dev, "-o", str(ckpt)]
         for stage in STAGES:
-            run(["xlsr-edge", "finetune", *FINETUNE, *train, "-o", str(ckpt), *stage])
-    package(ckpt, corpus, args.out, args.clips)
+            run(["xlsr-edge", "finetune", *FINETUNE, *first, *stage])
+        package(ckpt, corpus, stage1, args.clips)
+        train = continued_training_set(corpus, more, work / "train-more.jsonl")
+        run(["xlsr-edge", "finetune", "--init", str(stage1), "--vocab", str(stage1), *CONTINUE, "--train", str(train), *dev, "-o", str(ckpt_more)])  # fmt: skip
+    package(ckpt_more, corpus, args.out, args.clips)
     run(
         [
             "export-xlsr",
@@ -123,7 +162,9 @@ def main() -> int:
         "dev": score(bundle, corpus / "dev.jsonl"),
         "test": score(bundle, corpus / "test.jsonl"),
         "shipped_test": score(bundle, args.out / "test" / "test.jsonl"),
-        "training": json.loads((ckpt / "train_result.json").read_text(encoding="utf-8")),
+        "training": [
+            json.loads((c / "train_result.json").read_text(encoding="utf-8")) for c in (ckpt, ckpt_more)
+        ],
     }
     (args.work / "eval.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(results, indent=2))

@@ -395,3 +395,43 @@ def test_calibration_reader_fixed_length_works_with_onnxruntime_entropy(tiny_bun
         calibrate_method=CalibrationMethod.Entropy,
     )
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+
+
+def test_parallel_matmul_fusion_folds_biases_and_keeps_the_maths(tmp_path):
+    """q/k/v MatMuls (+ their bias Adds) that read one input become one MatMul + one Add + Split: same outputs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from xlsr_edge.calibration.quantize import fuse_parallel_matmuls
+
+    rng = np.random.default_rng(0)
+    inits, nodes, outputs = [], [], []
+    for name, width in (("q", 8), ("k", 8), ("v", 6)):
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((5, width)).astype(np.float32), f"{name}_w"),
+            numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), f"{name}_b"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_mm"], name=f"/{name}_proj/MatMul"),
+            helper.make_node("Add", [f"{name}_mm", f"{name}_b"], [name], name=f"/{name}_proj/Add"),
+        ]
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3, width]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5])], outputs, inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 3, 5)).astype(np.float32)
+
+    def run(m) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )
+
+    before = run(model)
+    assert fuse_parallel_matmuls(model) == 2
+    onnx.checker.check_model(model)
+    types = [n.op_type for n in model.graph.node]
+    assert types == ["MatMul", "Add", "Split"]  # the three bias Adds are one Add before the Split
+    assert model.graph.node[0].name == "/q_proj/MatMul+/k_proj/MatMul+/v_proj/MatMul"
+    for a, b in zip(before, run(model)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

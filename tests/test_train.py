@@ -258,6 +258,23 @@ def test_feature_encoder_frozen_by_default_for_a_pretrained_body(corpus, tmp_pat
     assert args["feature_encoder_frozen"] == (freeze is None)
 
 
+def test_keep_head_continues_a_checkpoint_and_refuses_another_vocabulary(tmp_path):
+    from xlsr_edge.export.tiny import build_checkpoint
+    from xlsr_edge.train.finetune import build_model
+    from xlsr_edge.train.vocab import read_vocab
+
+    init = build_checkpoint(tmp_path / "init", chars=list("abc"))
+    vocab = read_vocab(init)
+    kept, _, _ = build_model(str(init), vocab, keep_head=True)
+    fresh, _, _ = build_model(str(init), vocab)
+    head = _state_dict(init)["lm_head.weight"]
+    assert np.array_equal(kept.lm_head.weight.detach().numpy(), head)  # continued: the trained head
+    assert not np.array_equal(fresh.lm_head.weight.detach().numpy(), head)  # default: a new head
+    other = build_checkpoint(tmp_path / "other", chars=list("abd"))  # same size, other tokens
+    with pytest.raises(XlsrEdgeError, match="--keep-head"):
+        build_model(str(init), read_vocab(other), keep_head=True)
+
+
 @needs_espeak
 def test_alphabet_check_stops_and_lists_unknown_characters(corpus, tmp_path, capsys):
     from xlsr_edge.cli import main

@@ -468,7 +468,9 @@ def fuse_parallel_matmuls(model) -> int:
     Same maths (weight columns concatenated, per-channel quantization stays per column), one bigger GEMM, and
     one consumer per quantized input: onnxruntime fuses DequantizeLinear -> MatMul into MatMulIntegerToFloat
     only when the DequantizeLinear feeds that MatMul alone (and it merges duplicated Q/DQ pairs back into one).
-    The fused node is named after its members joined by "+", so --exclude-ops patterns still match it.
+    The fused node is named after its members joined by "+", so --exclude-ops patterns still match it. When
+    every member feeds one Add of a constant bias, the biases are concatenated too and added before the Split
+    (one Add that onnxruntime folds into DynamicQuantizeMatMul, instead of three after it).
     Returns how many MatMuls were merged away.
     """
     import numpy as np_
@@ -481,12 +483,29 @@ def fuse_parallel_matmuls(model) -> int:
         w = inits.get(node.input[1]) if node.op_type == "MatMul" else None
         if w is not None and len(w.dims) == 2 and w.data_type == 1 and node.input[0] not in inits:
             groups.setdefault(node.input[0], []).append(node)
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def bias_add(node, width: int):
+        """The Add of a constant [width] bias that alone reads ``node``'s output, or None."""
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add":
+            return None
+        other = [i for i in users[0].input if i != node.output[0]]
+        b = inits.get(other[0]) if len(other) == 1 else None
+        return users[0] if b is not None and list(b.dims) == [width] and b.data_type == 1 else None
+
     fused = 0
     replace: dict[int, list] = {}
+    index = {id(n): i for i, n in enumerate(graph.node)}
     for source, nodes in groups.items():
         if len(nodes) < 2 or len({inits[n.input[1]].dims[0] for n in nodes}) != 1:
             continue
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+        adds = [bias_add(n, w.shape[1]) for n, w in zip(nodes, weights)]
+        with_bias = all(a is not None for a in adds)
         name = "+".join(n.name for n in nodes)
         w_name = f"{nodes[0].input[1]}__fused{fused}"
         split_name = f"{w_name}__split"
@@ -494,16 +513,18 @@ def fuse_parallel_matmuls(model) -> int:
         sizes = np_.array([w.shape[1] for w in weights], dtype=np_.int64)
         graph.initializer.append(numpy_helper.from_array(sizes, split_name))
         joined = f"{nodes[0].output[0]}__fused"
-        new = [
-            helper.make_node("MatMul", [source, w_name], [joined], name=name),
-            helper.make_node(
-                "Split", [joined, split_name], [n.output[0] for n in nodes], name=name + "/Split", axis=-1
-            ),
-        ]
-        first = min(list(graph.node).index(n) for n in nodes)
-        replace[first] = new
-        for n in nodes:
-            replace.setdefault(list(graph.node).index(n), [])
+        new = [helper.make_node("MatMul", [source, w_name], [joined], name=name)]
+        outputs = [n.output[0] for n in nodes]
+        if with_bias:
+            biases = [numpy_helper.to_array(inits[next(i for i in a.input if i in inits)]) for a in adds]
+            b_name = f"{w_name}__bias"
+            graph.initializer.append(numpy_helper.from_array(np_.concatenate(biases), b_name))
+            new.append(helper.make_node("Add", [joined, b_name], [joined + "_biased"], name=name + "/Add"))
+            joined, outputs = joined + "_biased", [a.output[0] for a in adds]
+        new.append(helper.make_node("Split", [joined, split_name], outputs, name=name + "/Split", axis=-1))
+        replace[min(index[id(n)] for n in nodes)] = new
+        for n in nodes + (adds if with_bias else []):
+            replace.setdefault(index[id(n)], [])
         fused += len(nodes) - 1
     if not fused:
         return 0

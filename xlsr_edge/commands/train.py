@@ -82,6 +82,7 @@ def _finetune(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         allow_pickle=args.allow_pickle,
+        keep_head=args.keep_head,
         progress=sys.stderr.isatty(),
     )
     result = finetune(options)
@@ -161,4 +162,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--allow-pickle", action="store_true", help="accept pytorch_model.bin for --init")
+    p.add_argument(
+        "--keep-head",
+        action="store_true",
+        help="continue --init as it is: keep its lm_head (its vocabulary must equal the run's: use --vocab INIT)",
+    )
     p.set_defaults(fn=_finetune)

@@ -114,6 +114,7 @@ class FinetuneOptions:
     resume: bool = False
     overwrite: bool = False
     allow_pickle: bool = False
+    keep_head: bool = False  # continue a checkpoint: reuse its lm_head when its vocabulary is the run's
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -217,8 +218,14 @@ def new_head(model, vocab: CtcVocab, seed: int) -> None:
     _ctc_settings(model.config, vocab)
 
 
-def build_model(init: str, vocab: CtcVocab, *, seed: int = 0, allow_pickle: bool = False):
-    """(model, front end, pretrained?) for --init, with a new head sized to the vocabulary."""
+def build_model(
+    init: str, vocab: CtcVocab, *, seed: int = 0, allow_pickle: bool = False, keep_head: bool = False
+):
+    """(model, front end, pretrained?) for --init, with a new head sized to the vocabulary.
+
+    ``keep_head`` continues a checkpoint instead: its ``lm_head`` is kept, which only makes sense when the
+    checkpoint's vocabulary is exactly ``vocab`` (same tokens, same ids): anything else is an error.
+    """
     torch, transformers = _torch(), _transformers()
     transformers.utils.logging.set_verbosity_error()  # "newly initialized lm_head" is what we want
     kind, value = resolve_init(init)
@@ -249,7 +256,17 @@ def build_model(init: str, vocab: CtcVocab, *, seed: int = 0, allow_pickle: bool
         raise XlsrEdgeError(f"cannot load the body from {folder}: {exc}") from exc
     if getattr(model.config, "add_adapter", False):
         raise XlsrEdgeError("checkpoints with add_adapter=True are not supported (export cannot take them)")
-    new_head(model, vocab, seed)
+    if keep_head:
+        own = folder / "vocab.json"
+        tokens = read_vocab(own).tokens if own.is_file() else None
+        if tokens != vocab.tokens or model.lm_head.out_features != len(vocab):
+            raise XlsrEdgeError(
+                f"--keep-head: {folder}'s vocabulary ({'none' if tokens is None else len(tokens)} tokens) is not "
+                f"the run's ({len(vocab)} tokens); pass --vocab {folder} or drop --keep-head"
+            )
+        _ctc_settings(model.config, vocab)
+    else:
+        new_head(model, vocab, seed)
     return model, read_front_end(folder, model.config), True
 
 
@@ -507,7 +524,11 @@ def finetune(options: FinetuneOptions, *, stop_after: int | None = None) -> Fine
 
             shutil.rmtree(out)
         model, front, pretrained = build_model(
-            options.init, vocab, seed=options.seed, allow_pickle=options.allow_pickle
+            options.init,
+            vocab,
+            seed=options.seed,
+            allow_pickle=options.allow_pickle,
+            keep_head=options.keep_head,
         )
     freeze = pretrained if options.freeze_feature_encoder is None else options.freeze_feature_encoder
     set_feature_encoder_frozen(model, freeze)
