@@ -338,6 +338,10 @@ def test_demo_model_destructive_quantization_fails_the_gate(tmp_path):
         calibration_size=1,
         calibration_method="minmax",
         quantize_ops=("MatMul", "Gemm", "Attention", "Conv"),
+        # Every Conv (the waveform layer included) and the attention MatMuls on one utterance's min/max ranges:
+        # measured +0.42 CER points (frame agreement 0.972) on the shipped model, which is robust enough to pass
+        # the default 0.5-point gate; a user's tighter gate must catch it.
+        max_cer_delta=0.2,
     )
     with pytest.raises(ExportError, match="int8 accuracy gate failed, no bundle written: CER rose"):
         export_bundle(ckpt, tmp_path / "b", opts)
