@@ -273,6 +273,8 @@ def test_keep_head_continues_a_checkpoint_and_refuses_another_vocabulary(tmp_pat
     other = build_checkpoint(tmp_path / "other", chars=list("abd"))  # same size, other tokens
     with pytest.raises(XlsrEdgeError, match="--keep-head"):
         build_model(str(init), read_vocab(other), keep_head=True)
+    with pytest.raises(XlsrEdgeError, match="--keep-head continues a checkpoint"):
+        build_model("tiny", vocab, keep_head=True)
 
 
 @needs_espeak

@@ -229,6 +229,8 @@ def build_model(
     torch, transformers = _torch(), _transformers()
     transformers.utils.logging.set_verbosity_error()  # "newly initialized lm_head" is what we want
     kind, value = resolve_init(init)
+    if kind == "config" and keep_head:
+        raise XlsrEdgeError(f"--keep-head continues a checkpoint folder; {init} is a configuration (no head)")
     if kind == "config":
         if isinstance(value, dict):
             config = transformers.Wav2Vec2Config(**value)
