@@ -409,8 +409,10 @@ def caveats(res: dict) -> str:
         f"little about the real one. One seed per run and one Turkish test set of {n_test} utterances: "
         "differences of a few CER points may be run-to-run noise (not measured here). The noise is synthetic "
         "(coloured Gaussian), and the held-out voice is another espeak-ng variant of the same synthesizer, "
-        "not a real "
-        "accent. Where these numbers disagree with the article, they are reported as measured."
+        "not a real accent. Every Turkish run gets the same step budget and learning rate: a from-scratch "
+        "model would gain more than the fine-tuned ones from a longer schedule or a higher learning rate, so "
+        "the transfer gain is measured at equal (small) compute, not at convergence. Where these numbers "
+        "disagree with the article, they are reported as measured."
     )
 
 
