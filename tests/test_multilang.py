@@ -101,6 +101,35 @@ def test_bad_multi_arguments_are_user_errors(lang_ckpts, tmp_path, capsys):
     assert code == 2 and "same languages" in capsys.readouterr().err
 
 
+def test_auto_lid_threshold_keeps_95_percent_of_held_out_clips_routed():
+    from xlsr_edge.export.multi import AUTO_THRESHOLD_KEEP, LidOptions, train_lid
+
+    rng = np.random.default_rng(0)
+    centres = {"tr": 0.0, "es": 1.5, "id": 3.0}  # overlapping clusters: confidences spread below 1
+    labels = [lang for lang in centres for _ in range(100)]
+    feats = np.stack([rng.normal(centres[lang], 1.0, 8) for lang in labels]).astype(np.float32)
+    _, auto = train_lid(feats, labels, LidOptions({}))
+    assert auto["threshold_source"].startswith("auto") and auto["holdout_utterances"] == 60
+    assert 0.5 < auto["threshold"] < 1.0
+    assert AUTO_THRESHOLD_KEEP <= auto["holdout_routed"] < 1.0  # ~5 % of the held-out clips fall below it
+    _, given = train_lid(feats, labels, LidOptions({}, threshold=0.5))
+    assert given["threshold"] == 0.5 and given["threshold_source"] == "given"
+    assert given["holdout_routed"] > auto["holdout_routed"]  # 0.5 turns away (almost) nothing
+    few = [0, 1, 100, 101]  # two languages, no held-out split: the fallback threshold
+    _, tiny = train_lid(feats[few], [labels[i] for i in few], LidOptions({}, holdout=0.0))
+    assert tiny["threshold"] == 0.5 and "fallback" in tiny["threshold_source"]
+
+
+def test_lid_threshold_argument_takes_a_probability_or_auto(tmp_path, capsys):
+    from xlsr_edge.cli import _threshold
+
+    assert _threshold("auto") is None and _threshold("0.7") == 0.7
+    with pytest.raises(SystemExit) as exc:  # argparse: usage + one error line, exit 2
+        export_main(["--multi", "tr=x", "--lid-threshold", "high", "-o", str(tmp_path / "b")])
+    assert exc.value.code == 2
+    assert "error: argument --lid-threshold: expected a probability or 'auto'" in capsys.readouterr().err
+
+
 def test_router_below_threshold_policies(shared_bundle, speech_dir):
     """With a classifier that is never sure, 'unknown' answers unknown and 'all' picks the most confident head."""
     files = sorted(speech_dir.iterdir())[:2]

@@ -278,6 +278,30 @@ def test_keep_head_continues_a_checkpoint_and_refuses_another_vocabulary(tmp_pat
 
 
 @needs_espeak
+def test_heads_only_keeps_the_body_bit_identical_so_heads_share_a_backbone(corpus, tmp_path):
+    from xlsr_edge.export.tiny import build_checkpoint
+    from xlsr_edge.train.finetune import finetune
+
+    init = build_checkpoint(tmp_path / "init", chars=list("abc"))
+    outs = [tmp_path / "h1", tmp_path / "h2"]
+    for seed, out in enumerate(outs):
+        finetune(_options(corpus, out, init=str(init), max_steps=3, heads_only=True, seed=seed))
+    before = _state_dict(init)
+    for out in outs:
+        after = _state_dict(out)
+        body = [k for k in before if not k.startswith("lm_head.")]
+        assert body and all(np.array_equal(before[k], after[k]) for k in body)
+        assert (
+            after["lm_head.weight"].shape != before["lm_head.weight"].shape
+        )  # a head for the new vocabulary
+        assert json.loads((out / "finetune_args.json").read_text())["body_frozen"] is True
+    h1, h2 = (_state_dict(o)["lm_head.weight"] for o in outs)
+    assert not np.array_equal(h1, h2)  # two different heads on one body
+    with pytest.raises(XlsrEdgeError, match="--heads-only"):
+        finetune(_options(corpus, tmp_path / "scratch", heads_only=True))  # no trained body to keep
+
+
+@needs_espeak
 def test_alphabet_check_stops_and_lists_unknown_characters(corpus, tmp_path, capsys):
     from xlsr_edge.cli import main
     from xlsr_edge.train.finetune import finetune

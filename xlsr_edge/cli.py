@@ -129,7 +129,12 @@ def _export_parser() -> argparse.ArgumentParser:
         "--lid-data", nargs="+", metavar="LANG=MANIFEST", help="speech per language for language ID"
     )
     m.add_argument(
-        "--lid-threshold", type=float, default=0.5, help="below it, the --below-threshold policy applies"
+        "--lid-threshold",
+        type=_threshold,
+        default=None,
+        metavar="P|auto",
+        help="below it, the --below-threshold policy applies (default auto: the confidence that keeps 95 %% of "
+        "held-out --lid-data clips routed)",
     )
     m.add_argument(
         "--below-threshold",
@@ -138,6 +143,16 @@ def _export_parser() -> argparse.ArgumentParser:
         help="all: run every head and keep the most confident; unknown: answer language 'unknown'",
     )
     return ap
+
+
+def _threshold(value: str) -> float | None:
+    """--lid-threshold: a probability, or 'auto' (None: calibrated on the held-out --lid-data split)."""
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or 'auto', got {value!r}") from None
 
 
 def parse_pairs(items: Sequence[str] | None, what: str) -> dict[str, Path]:

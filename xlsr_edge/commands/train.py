@@ -83,6 +83,7 @@ def _finetune(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         allow_pickle=args.allow_pickle,
         keep_head=args.keep_head,
+        heads_only=args.heads_only,
         progress=sys.stderr.isatty(),
     )
     result = finetune(options)
@@ -166,5 +167,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--keep-head",
         action="store_true",
         help="continue --init as it is: keep its lm_head (its vocabulary must equal the run's: use --vocab INIT)",
+    )
+    p.add_argument(
+        "--heads-only",
+        action="store_true",
+        help="train only the CTC head; the body stays bit-identical to --init (heads for export-xlsr --multi)",
     )
     p.set_defaults(fn=_finetune)

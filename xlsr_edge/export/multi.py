@@ -31,16 +31,23 @@ LID_FEATURES = "lid_features.npz"  # kept so `add-language` can retrain language
 SHARED_AUDIO_FIELDS = ("sample_rate", "do_normalize", "feat_extract_norm", "conv_kernel", "conv_stride")
 
 
+# --lid-threshold auto: the confidence that keeps this share of held-out known-language clips routed to their
+# head (the rest go to the --below-threshold policy). A fixed 0.5 turned away almost nothing: a closed-set
+# classifier is confident on nearly every clip, the unseen languages included.
+AUTO_THRESHOLD_KEEP = 0.95
+FALLBACK_THRESHOLD = 0.5  # auto without a held-out split (too little --lid-data)
+
+
 @dataclass(frozen=True)
 class LidOptions:
     data: dict[str, Path]  # language -> manifest or folder of that language's speech
-    threshold: float = 0.5
+    threshold: float | None = None  # None: auto (AUTO_THRESHOLD_KEEP of held-out clips routed)
     policy: str = "all"  # below the threshold: "all" heads by CTC confidence, or "unknown"
     holdout: float = 0.2
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.threshold <= 1:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError("--lid-threshold must be within [0, 1]")
         if self.policy not in ("all", "unknown"):
             raise ValueError("--below-threshold must be 'all' or 'unknown'")
@@ -133,11 +140,20 @@ def train_lid(features: np.ndarray, labels: list[str], options: LidOptions) -> t
         "utterances": len(labels),
         "per_language": {lb: labels.count(lb) for lb in sorted(set(labels))},
     }
+    threshold, source = options.threshold, "given"
     if n_test:
         held = LanguageId.fit(features[train], [labels[i] for i in train])
         pred = held.predict(features[test])
         report["holdout_accuracy"] = float(np.mean([p[0] == labels[i] for p, i in zip(pred, test)]))
         report["holdout_utterances"] = int(n_test)
+        confidence = np.array([p[1] for p in pred])
+        if threshold is None:
+            threshold = float(np.quantile(confidence, 1 - AUTO_THRESHOLD_KEEP))
+            source = f"auto: keeps {AUTO_THRESHOLD_KEEP:.0%} of {n_test} held-out clips routed"
+        report["holdout_routed"] = float(np.mean(confidence >= threshold))
+    if threshold is None:
+        threshold, source = FALLBACK_THRESHOLD, "auto without a held-out split: fallback"
+    report["threshold"], report["threshold_source"] = round(threshold, 4), source
     return LanguageId.fit(features, labels), report
 
 
@@ -161,8 +177,8 @@ def export_multi(
     if differ:
         raise ExportError(
             f"the checkpoints do not share a backbone: {len(differ)} tensors differ (e.g. {', '.join(differ[:3])}); "
-            "train heads on one frozen body (finetune --heads-only), or export one bundle per language and "
-            "pick it with --language (Option B)"
+            "train heads on one frozen body (xlsr-edge finetune --init BODY --heads-only), or export one bundle "
+            "per language and pick it with --language (Option B)"
         )
     first = next(iter(ckpts))
     info = ckpts[first].info
@@ -194,7 +210,7 @@ def export_multi(
             classifier.save(tmp / LID_FILE)
             with (tmp / LID_FEATURES).open("wb") as f:
                 np.savez(f, features=feats, labels=np.array(labels))
-            extra["lid"] = {"file": LID_FILE, "threshold": lid.threshold, "policy": lid.policy, **report}
+            extra["lid"] = {"file": LID_FILE, "policy": lid.policy, **report}
         backbone.deactivate()
         manifest = BundleManifest(
             model=info,
@@ -259,7 +275,9 @@ def add_language(
                 old_feats, old_labels = z["features"], [str(s) for s in z["labels"]]
             feats, labels = lid_features(backbone, manifest.model, {lang: lid_data})
             feats, labels = np.concatenate([old_feats, feats]), old_labels + labels
-            lid_opts = LidOptions(data={}, threshold=lid_meta["threshold"], policy=lid_meta["policy"])
+            auto = str(lid_meta.get("threshold_source", "")).startswith("auto")
+            threshold = None if auto else lid_meta["threshold"]  # auto: recalibrated with the new language
+            lid_opts = LidOptions(data={}, threshold=threshold, policy=lid_meta["policy"])
             classifier, report = train_lid(feats, labels, lid_opts)
             classifier.save(tmp / LID_FILE)
             with (tmp / LID_FEATURES).open("wb") as f:

@@ -9,7 +9,9 @@ The recipe, step by step (each step is a small function below):
    configuration (a named one such as ``tiny-demo``, a ``config.json``, or a folder with only a config) for
    training from scratch. A new randomly initialized ``lm_head`` is sized to the vocabulary.
 3. The CNN feature encoder is frozen by default when the body is pretrained (``--no-freeze-feature-encoder``
-   to train it); a from-scratch body trains it unless ``--freeze-feature-encoder`` is given.
+   to train it); a from-scratch body trains it unless ``--freeze-feature-encoder`` is given. ``--heads-only``
+   freezes the whole body and trains the CTC head alone: the body stays bit-identical to ``--init``, so heads
+   for several languages trained this way share one backbone (``export-xlsr --multi``).
 4. Every epoch holds every target utterance once plus source utterances for the ``--mix`` share, in
    length-grouped batches; noise is added with ``--noise-prob`` at ``--snr-db``.
 5. CTC loss, AdamW, linear warm-up + cosine decay, gradient clipping. Audio goes through the runtime's own
@@ -115,6 +117,7 @@ class FinetuneOptions:
     overwrite: bool = False
     allow_pickle: bool = False
     keep_head: bool = False  # continue a checkpoint: reuse its lm_head when its vocabulary is the run's
+    heads_only: bool = False  # train lm_head alone on a frozen body (heads for a multi-language bundle)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -534,6 +537,14 @@ def finetune(options: FinetuneOptions, *, stop_after: int | None = None) -> Fine
         )
     freeze = pretrained if options.freeze_feature_encoder is None else options.freeze_feature_encoder
     set_feature_encoder_frozen(model, freeze)
+    if options.heads_only:
+        if not pretrained:
+            raise XlsrEdgeError(
+                "--heads-only trains a head on a trained body: --init must be a checkpoint folder"
+            )
+        freeze = True
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("lm_head.")
     model.train()
 
     per_epoch = batches_per_epoch(len(data.train), len(data.source), data.share, options.batch_size)
@@ -555,6 +566,7 @@ def finetune(options: FinetuneOptions, *, stop_after: int | None = None) -> Fine
         args = _json_options(options) | {
             "pretrained_body": pretrained,
             "feature_encoder_frozen": freeze,
+            "body_frozen": options.heads_only,
             "parameters": n_params,
             "vocab": list(vocab.tokens),
             "train_utterances": len(data.train),
@@ -574,7 +586,8 @@ def finetune(options: FinetuneOptions, *, stop_after: int | None = None) -> Fine
         (out / ARGS_FILE).write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     _log(
         f"finetune: {n_params / 1e6:.2f} M parameters, {len(vocab)} tokens, feature encoder "
-        f"{'frozen' if freeze else 'trained'}, {len(data.train)} train utterances "
+        f"{'frozen' if freeze else 'trained'}{' (whole body frozen: --heads-only)' if options.heads_only else ''}, "
+        f"{len(data.train)} train utterances "
         f"({sum(e.duration for e in data.train) / 3600:.2f} h), {len(data.source)} source, {per_epoch} steps/epoch, "
         f"{total} steps"
     )
