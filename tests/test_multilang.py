@@ -243,6 +243,26 @@ def test_language_id_routes_held_out_speech(lid_corpora, tmp_path):
     )
     assert np.mean(de_conf < cut) > np.mean(known_conf < cut)
     assert thr == 0.5
+    # the default threshold (auto) is calibrated on the held-out LID split: it keeps most known-language clips
+    # routed and turns away more of the unseen language than of the known ones
+    auto = tmp_path / "multi-auto"
+    export_multi(ckpts, auto, lid=LidOptions(data))
+    lid_meta = read_bundle_json(auto)["extra"]["lid"]
+    assert lid_meta["threshold_source"].startswith("auto") and lid_meta["threshold"] > 0.5
+    with Recognizer.from_bundle(auto, below_threshold="unknown") as rec:
+        assert rec.threshold == lid_meta["threshold"]
+        known_auto = [
+            (lang, t)
+            for lang in ("tr", "id", "es")
+            for t in rec.transcribe([u.audio for u in held_out[lang]])
+        ]
+        de_auto = rec.transcribe([u.audio for u in held_out["de"]])
+    routed = [(lang, t) for lang, t in known_auto if t.language != "unknown"]
+    rejected_known = 1 - len(routed) / len(known_auto)
+    rejected_de = np.mean([t.language == "unknown" for t in de_auto])
+    print(f"auto threshold {rec.threshold:.3f}: turned away known {rejected_known:.2f}, de {rejected_de:.2f}")
+    assert rejected_known <= 0.15 and rejected_de > rejected_known
+    assert np.mean([t.language == lang for lang, t in routed]) >= 0.95
     # ... and the Turkish route transcribes like the Turkish model alone
     with Recognizer.from_bundle(bundle, language="tr") as rec:
         hyp = [t.text for t in rec.transcribe([u.audio for u in held_out["tr"]])]
