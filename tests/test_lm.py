@@ -187,6 +187,21 @@ def test_build_arpa_bin_gz_and_unigrams(lms):
 
 
 @needs_kenlm
+def test_corpus_is_normalized_like_the_training_transcripts(tmp_path):
+    """LM words must be spelled as the acoustic model spells them: Turkish İ/I rules, no punctuation."""
+    from xlsr_edge.metrics import normalize_text
+
+    text = tmp_path / "tr.txt"
+    lines = ["İSTANBUL'A GİTTİM.", "Işık, Iğdır'da yandı!", "  «Kedi» ve köpek…  "]
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    words = read_unigrams(unigrams_path_for(build_lm(text, tmp_path / "tr.arpa", order=2, language="tr")))
+    assert words == sorted({w for line in lines for w in normalize_text(line, "tr").split()})
+    assert {"istanbul'a", "gittim", "ışık", "ığdır'da", "kedi"} <= set(words)
+    raw = read_unigrams(unigrams_path_for(build_lm(text, tmp_path / "raw.arpa", order=2, normalize=False)))
+    assert "GİTTİM." in raw and "gittim" not in raw
+
+
+@needs_kenlm
 def test_prune_drops_singleton_ngrams(corpus, tmp_path):
     def trigram_count(path: Path) -> int:
         line = next(li for li in path.read_text(encoding="utf-8").splitlines() if li.startswith("ngram 3="))

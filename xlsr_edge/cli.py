@@ -417,7 +417,7 @@ def _add_language(args: argparse.Namespace) -> int:
 def _lm_build(args: argparse.Namespace) -> int:
     from xlsr_edge.decoders.lm import build_lm
 
-    out = build_lm(args.text, args.output, order=args.order)
+    out = build_lm(args.text, args.output, order=args.order, language=args.language, normalize=not args.raw)
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -486,6 +486,16 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("text", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="LM.arpa or LM.bin")
     p.add_argument("--order", type=int, default=3)
+    p.add_argument(
+        "--language",
+        default=None,
+        help="normalize like the recipe for this language (tr/az: İ/I lower-casing)",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="keep the corpus text as it is (no lower-casing or punctuation removal)",
+    )
     p.set_defaults(fn=_lm_build)
 
     import importlib

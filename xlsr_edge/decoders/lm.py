@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import XlsrEdgeError
+from ..metrics import normalize_text
 from .options import LM_SUFFIXES
 
 ENV_KENLM_BIN = "XLSR_EDGE_KENLM_BIN"
@@ -118,16 +119,19 @@ def read_arpa_unigrams(path: str | os.PathLike) -> list[str]:
     return list(words)
 
 
-def normalize_text(line: str, lowercase: bool = True) -> str:
-    """One corpus line as the LM sees it: lower-cased (optional), NFC, whitespace collapsed to single spaces."""
-    if lowercase:
-        line = line.lower()
-    return " ".join(unicodedata.normalize("NFC", line).split())
-
-
-def normalize_corpus(lines: Iterable[str], lowercase: bool = True) -> Iterable[str]:
+def normalize_corpus(
+    lines: Iterable[str], language: str | None = None, normalize: bool = True
+) -> Iterable[str]:
+    """Corpus lines as the LM sees them: ``xlsr_edge.metrics.normalize_text`` (the recipe's normalization:
+    lower-case with Turkish/Azerbaijani İ/I rules for ``language``, NFC, punctuation stripped), so the LM's
+    words are spelled the way the acoustic model was trained to spell them; ``normalize=False`` keeps the text
+    as it is (NFC and whitespace only). Empty lines are dropped."""
     for line in lines:
-        text = normalize_text(line, lowercase)
+        text = (
+            normalize_text(line, language)
+            if normalize
+            else " ".join(unicodedata.normalize("NFC", line).split())
+        )
         if text:
             yield text
 
@@ -167,13 +171,13 @@ def build_lm(
     order: int = 3,
     prune: int | Sequence[int] | None = None,
     *,
-    lowercase: bool = True,
+    language: str | None = None,
+    normalize: bool = True,
 ) -> Path:
     """Train a word n-gram LM on a text corpus (one sentence per line) and write it as .arpa, .arpa.gz or a KenLM
     binary (.bin/.binary/.klm), plus `unigrams_path_for(out_path)`: the corpus's sorted unique words.
 
-    Lines are normalized with normalize_text (lower-case, NFC, whitespace collapsed); punctuation is kept, so strip
-    what the acoustic model cannot emit before calling. prune: None (no pruning), an int k (drop n-grams of order
+    Lines go through normalize_corpus (the recipe's transcript normalization for ``language``). prune: None (no pruning), an int k (drop n-grams of order
     >= 2 seen <= k times) or lmplz's per-order thresholds, e.g. (0, 0, 1). Returns out_path.
     """
     text_path, out_path = Path(text_path), Path(out_path)
@@ -196,7 +200,7 @@ def build_lm(
         n_lines = 0
         try:
             with open(text_path, encoding="utf-8") as src, open(corpus, "w", encoding="utf-8") as dst:
-                for line in normalize_corpus(src, lowercase):
+                for line in normalize_corpus(src, language, normalize):
                     dst.write(line + "\n")
                     words.update(line.split())
                     n_lines += 1
