@@ -439,3 +439,22 @@ def test_parallel_matmul_fusion_folds_biases_and_keeps_the_maths(tmp_path):
     assert model.graph.node[0].name == "/q_proj/MatMul+/k_proj/MatMul+/v_proj/MatMul"
     for a, b in zip(before, run(model)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "channels"), [(10, 5, 1), (3, 2, 8), (2, 2, 8), (3, 1, 4), (2, 3, 4)]
+)
+def test_conv_as_matmul_equals_conv1d_for_every_length(kernel, stride, channels):
+    """The channels-last MatMul form of a strided Conv1d (k strided slices, concatenated) is the Conv1d."""
+    import torch
+
+    from xlsr_edge.export.cnn_matmul import _conv_as_matmul
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(channels, 6, kernel, stride)
+    for length in range(kernel, kernel + 2 * stride + 3):  # every remainder of (length - kernel) / stride
+        x = torch.randn(2, length, channels)
+        want = conv(x.transpose(1, 2)).transpose(1, 2)
+        got = _conv_as_matmul(x, conv)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
