@@ -25,7 +25,7 @@ kenlm:
 demo: setup
 	$(PY) scripts/demo.py --out $(DEMO)
 
-# Retrain the shipped demo model (models/demo-tr) from synthetic espeak-ng speech: ~45 min on one CPU core.
+# Retrain the shipped demo model (models/demo-tr) from synthetic espeak-ng speech: ~60 min on one CPU core.
 # Not part of CI; the model card lists the exact commands this runs.
 demo-model:
 	$(PY) scripts/demo_model.py --work build/demo-tr --out models/demo-tr

@@ -9,7 +9,7 @@ Steps (each is the exact CLI command the model card lists; --skip-synth / --skip
 3. More data, continued training: ``xlsr-edge synth`` 3 h more (seed 1); its sentences that occur in the first
    corpus' dev/test splits are dropped; ``xlsr-edge finetune --init WORK/stage1 --vocab WORK/stage1 --keep-head``
    on the first corpus' train split + all of the second corpus, 3 epochs, feature encoder frozen (the default
-   for a checkpoint), lr 1e-3 (~18 min on one core).
+   for a checkpoint), lr 1e-3 (~16 min on one core).
 4. package: the checkpoint's config, tokenizer/processor files and weights (stored as float16 to halve the
    size; ``config.json`` says float32, so transformers loads them as float32), plus CLIPS clips of the first
    corpus' held-out test split (stratified by duration) as ``test/*.flac`` with ``test/test.jsonl``.
