@@ -118,6 +118,8 @@ def test_auto_lid_threshold_keeps_95_percent_of_held_out_clips_routed():
     few = [0, 1, 100, 101]  # two languages, no held-out split: the fallback threshold
     _, tiny = train_lid(feats[few], [labels[i] for i in few], LidOptions({}, holdout=0.0))
     assert tiny["threshold"] == 0.5 and "fallback" in tiny["threshold_source"]
+    _, few_held = train_lid(feats[::10], labels[::10], LidOptions({}))  # 6 held-out clips: too few for auto
+    assert few_held["threshold"] == 0.5 and "had 6" in few_held["threshold_source"]
 
 
 def test_lid_threshold_argument_takes_a_probability_or_auto(tmp_path, capsys):

@@ -179,10 +179,12 @@ def _export_multi(args: argparse.Namespace, options) -> int:
         raise XlsrEdgeError(f"--lid-data must cover the same languages as --multi ({', '.join(specs)})")
     lid = LidOptions(lid_data, args.lid_threshold, args.below_threshold) if lid_data else None
     manifest = export_multi(specs, args.output, options, lid)
-    acc = (manifest.extra.get("lid") or {}).get("holdout_accuracy")
+    lid_meta = manifest.extra.get("lid") or {}
+    acc = lid_meta.get("holdout_accuracy")
     print(
         f"wrote {args.output}: {', '.join(specs)} on one backbone"
         + (f", language ID held-out accuracy {acc:.3f}" if acc is not None else ", no language ID")
+        + (f", threshold {lid_meta['threshold']:.3f} ({lid_meta['threshold_source']})" if lid_meta else "")
     )
     return EXIT_OK
 

@@ -35,7 +35,8 @@ SHARED_AUDIO_FIELDS = ("sample_rate", "do_normalize", "feat_extract_norm", "conv
 # head (the rest go to the --below-threshold policy). A fixed 0.5 turned away almost nothing: a closed-set
 # classifier is confident on nearly every clip, the unseen languages included.
 AUTO_THRESHOLD_KEEP = 0.95
-FALLBACK_THRESHOLD = 0.5  # auto without a held-out split (too little --lid-data)
+FALLBACK_THRESHOLD = 0.5  # auto with fewer held-out clips than AUTO_MIN_HOLDOUT (too little --lid-data)
+AUTO_MIN_HOLDOUT = 20
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,14 @@ def train_lid(features: np.ndarray, labels: list[str], options: LidOptions) -> t
         report["holdout_accuracy"] = float(np.mean([p[0] == labels[i] for p, i in zip(pred, test)]))
         report["holdout_utterances"] = int(n_test)
         confidence = np.array([p[1] for p in pred])
-        if threshold is None:
+        if threshold is None and n_test >= AUTO_MIN_HOLDOUT:
             threshold = float(np.quantile(confidence, 1 - AUTO_THRESHOLD_KEEP))
             source = f"auto: keeps {AUTO_THRESHOLD_KEEP:.0%} of {n_test} held-out clips routed"
-        report["holdout_routed"] = float(np.mean(confidence >= threshold))
     if threshold is None:
-        threshold, source = FALLBACK_THRESHOLD, "auto without a held-out split: fallback"
+        threshold = FALLBACK_THRESHOLD
+        source = f"fallback: auto needs {AUTO_MIN_HOLDOUT} held-out clips, had {n_test}"
+    if n_test:
+        report["holdout_routed"] = float(np.mean(confidence >= threshold))
     report["threshold"], report["threshold_source"] = round(threshold, 4), source
     return LanguageId.fit(features, labels), report
 
@@ -275,7 +278,7 @@ def add_language(
                 old_feats, old_labels = z["features"], [str(s) for s in z["labels"]]
             feats, labels = lid_features(backbone, manifest.model, {lang: lid_data})
             feats, labels = np.concatenate([old_feats, feats]), old_labels + labels
-            auto = str(lid_meta.get("threshold_source", "")).startswith("auto")
+            auto = str(lid_meta.get("threshold_source", "")).startswith(("auto", "fallback"))
             threshold = None if auto else lid_meta["threshold"]  # auto: recalibrated with the new language
             lid_opts = LidOptions(data={}, threshold=threshold, policy=lid_meta["policy"])
             classifier, report = train_lid(feats, labels, lid_opts)
