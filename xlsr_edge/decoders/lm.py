@@ -177,8 +177,9 @@ def build_lm(
     """Train a word n-gram LM on a text corpus (one sentence per line) and write it as .arpa, .arpa.gz or a KenLM
     binary (.bin/.binary/.klm), plus `unigrams_path_for(out_path)`: the corpus's sorted unique words.
 
-    Lines go through normalize_corpus (the recipe's transcript normalization for ``language``). prune: None (no pruning), an int k (drop n-grams of order
-    >= 2 seen <= k times) or lmplz's per-order thresholds, e.g. (0, 0, 1). Returns out_path.
+    Lines go through normalize_corpus (the recipe's transcript normalization for ``language``). prune: None
+    (no pruning), an int k (drop n-grams of order >= 2 seen <= k times) or lmplz's per-order thresholds, e.g.
+    (0, 0, 1). Returns out_path.
     """
     text_path, out_path = Path(text_path), Path(out_path)
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
