@@ -5,7 +5,8 @@ The recipe, step by step (each step is a small function below):
 1. Transcripts go through ``normalize_text(text, language)``; the vocabulary is built from the training (and
    ``--mix`` source) transcripts or read with ``--vocab``; characters train/dev/mix use that the vocabulary
    lacks stop the run with their counts (or become ``<unk>`` with ``--map-unknown``).
-2. The body comes from ``--init``: a checkpoint folder (weights reused, its ``lm_head`` thrown away), or a
+2. The body comes from ``--init``: a checkpoint folder (weights reused, its ``lm_head`` thrown away unless
+   ``--keep-head`` continues it with the same vocabulary), or a
    configuration (a named one such as ``tiny-demo``, a ``config.json``, or a folder with only a config) for
    training from scratch. A new randomly initialized ``lm_head`` is sized to the vocabulary.
 3. The CNN feature encoder is frozen by default when the body is pretrained (``--no-freeze-feature-encoder``
