@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xlsr_edge.bench import (
+from xlsr_edge.measure.bench import (
     environment,
     exact_audio,
     interleave,

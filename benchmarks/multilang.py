@@ -119,7 +119,7 @@ def checkpoints(work: Path) -> dict[str, Path]:
 
 def measure_rss(bundle: str, clips: list[str], language: str | None) -> None:
     """Child mode: load, transcribe, print peak RSS (MB)."""
-    from xlsr_edge.bench import mib, peak_rss_bytes
+    from xlsr_edge.measure.bench import mib, peak_rss_bytes
     from xlsr_edge.runtime import Recognizer
 
     with Recognizer.from_bundle(bundle, threads=1, language=language) as rec:
@@ -154,9 +154,9 @@ def main() -> int:
         measure_rss(args.measure_rss, args.clips, args.language)
         return 0
 
-    from xlsr_edge.bench import interleave, markdown_table, plot_bars, summarize, write_json
     from xlsr_edge.export import export_bundle
     from xlsr_edge.export.multi import LidOptions, export_multi
+    from xlsr_edge.measure.bench import interleave, markdown_table, plot_bars, summarize, write_json
     from xlsr_edge.runtime import Recognizer
 
     work = args.work or Path(tempfile.mkdtemp(prefix="xlsr-multi-"))

@@ -6,7 +6,7 @@ Models:
 
 Per model, every precision is exported with ``export_bundle`` (parity gate on the fp32 graph, accuracy gate on
 the converted one; the random model's gate is informational only: its transcripts are noise), then timed with
-``xlsr_edge.bench.run_bench``: each engine in its own spawned process, PyTorch eager fp32 in the same run,
+``xlsr_edge.measure.bench.run_bench``: each engine in its own spawned process, PyTorch eager fp32 in the same run,
 interleaved rounds, warm-up excluded; throughput = audio seconds / median model-call seconds on exactly
 ``--seconds`` of audio (batch rows of equal length, no padding). Also reported: bundle size, load time, peak RSS.
 
@@ -99,8 +99,8 @@ def export_variants(
 
 def test_set_cer(bundles: dict[str, dict], manifest: Path) -> None:
     """CER/WER of every bundle on the demo test set (greedy, the runtime's own pipeline)."""
-    from xlsr_edge.calibration import read_manifest
-    from xlsr_edge.metrics import error_rates
+    from xlsr_edge.datasets import read_manifest
+    from xlsr_edge.measure.metrics import error_rates
     from xlsr_edge.runtime import Recognizer
 
     utts = read_manifest(manifest)
@@ -114,7 +114,7 @@ def test_set_cer(bundles: dict[str, dict], manifest: Path) -> None:
 
 
 def bench(model: str, ckpt: Path, bundles: dict[str, dict], args, batch: list[int]) -> list[dict]:
-    from xlsr_edge.bench import BenchConfig, run_bench
+    from xlsr_edge.measure.bench import BenchConfig, run_bench
 
     config = BenchConfig(
         bundles=[m["bundle"] for m in bundles.values()],
@@ -168,7 +168,7 @@ COLUMNS = [
 
 def write_plots(rows: list[dict], out: Path, seconds: float) -> list[Path]:
     """One PNG per model: throughput per (threads, batch), one bar per engine."""
-    from xlsr_edge.bench import plot_bars
+    from xlsr_edge.measure.bench import plot_bars
 
     paths = []
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -235,7 +235,7 @@ def main() -> int:
         bundles = export_variants(ckpt, work / name, args.variants, None, informational_gate=True)
         rows += bench(name, ckpt, bundles, args, args.batch_300m or args.batch)
 
-    from xlsr_edge.bench import markdown_table, write_json
+    from xlsr_edge.measure.bench import markdown_table, write_json
 
     table_rows = [r for r in rows if "variant" in r]
     envs = [r for r in rows if "environment" in r]

@@ -164,7 +164,7 @@ def noisy_copy(test: Path, out: Path, snr_db: float, seed: int) -> tuple[Path, d
     import numpy as np
     import soundfile as sf
 
-    from xlsr_edge.calibration import read_manifest
+    from xlsr_edge.datasets import read_manifest
     from xlsr_edge.runtime.audio import load_audio
     from xlsr_edge.train.augment import COLOUR_EXPONENTS, coloured_noise, mix_at_snr
 
@@ -200,7 +200,7 @@ def noisy_copy(test: Path, out: Path, snr_db: float, seed: int) -> tuple[Path, d
 
 def shared_vocab(out: Path, sources: dict[str, tuple[list[Path], str]]) -> tuple[Path, list[str]]:
     """One vocabulary for every Turkish-side run: the characters of the given transcripts, normalized."""
-    from xlsr_edge.metrics import normalize_text
+    from xlsr_edge.text import normalize_text
     from xlsr_edge.train.vocab import build_vocab
 
     texts = [
@@ -576,7 +576,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from xlsr_edge.bench import environment, markdown_table, plot_bars, write_json
+    from xlsr_edge.measure.bench import environment, markdown_table, plot_bars, write_json
 
     rows = [
         {

@@ -17,9 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "demo-tr"
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    print("+ " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=True, text=True, **kw)
+def run(*args: str, **kw) -> subprocess.CompletedProcess:
+    """`xlsr-edge ARGS` with this interpreter (`python -m xlsr_edge`): no PATH lookup, so an inactive venv
+    or another install's script on PATH cannot be picked up."""
+    print("+ xlsr-edge " + " ".join(args), flush=True)
+    return subprocess.run([sys.executable, "-m", "xlsr_edge", *args], check=True, text=True, **kw)
 
 
 def main() -> int:
@@ -32,12 +34,12 @@ def main() -> int:
     rows = []
     for precision in ("fp32", "int8-dynamic"):
         bundle = args.out / f"bundle-{precision}"
-        run(["export-xlsr", str(args.checkpoint), "-o", str(bundle), "--precision", precision, "--overwrite"])
+        run("export", str(args.checkpoint), "-o", str(bundle), "--precision", precision, "--overwrite")
         if precision == "fp32":
-            run(["xlsr-edge", "inspect", str(bundle)])
+            run("inspect", str(bundle))
             clips = sorted((args.checkpoint / "test").glob("*.flac"))[:3]
-            run(["xlsr-edge", "transcribe", str(bundle), *map(str, clips)])
-        out = run(["xlsr-edge", "eval", str(bundle), str(test), "--json"], capture_output=True).stdout
+            run("transcribe", str(bundle), *map(str, clips))
+        out = run("eval", str(bundle), str(test), "--json", capture_output=True).stdout
         r = json.loads(out)
         rows.append((precision, r["wer"], r["cer"], r["rtf"], r["audio_seconds"], r["utterances"]))
     print("\n| bundle | WER | CER | RTF | audio s | clips |\n|---|---:|---:|---:|---:|---:|")
@@ -47,4 +49,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as exc:  # the step printed its own error line
+        print(f"error: demo step failed with exit code {exc.returncode}", file=sys.stderr)
+        sys.exit(2)

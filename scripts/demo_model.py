@@ -14,7 +14,7 @@ Steps (each is the exact CLI command the model card lists; --skip-synth / --skip
    size; ``config.json`` says float32, so transformers loads them as float32), plus CLIPS clips of the first
    corpus' held-out test split (stratified by duration) as ``test/*.flac`` with ``test/test.jsonl``.
 5. score: ``export-xlsr`` the packaged model, ``xlsr-edge transcribe --json`` (greedy) the corpus dev and test
-   splits and the shipped clips, ``xlsr_edge.metrics.error_rates``; writes WORK/eval.json.
+   splits and the shipped clips, ``xlsr_edge.measure.metrics.error_rates``; writes WORK/eval.json.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 def package(ckpt: Path, corpus: Path, out: Path, clips: int) -> None:
     from safetensors.torch import load_file, save_file
 
-    from xlsr_edge.calibration import read_manifest, select_stratified
+    from xlsr_edge.datasets import read_manifest, select_stratified
 
     if out.exists():
         shutil.rmtree(out)
@@ -98,8 +98,8 @@ def _lines(path: Path) -> list[str]:
 
 
 def score(bundle: Path, manifest: Path) -> dict:
-    from xlsr_edge.calibration import read_manifest
-    from xlsr_edge.metrics import error_rates
+    from xlsr_edge.datasets import read_manifest
+    from xlsr_edge.measure.metrics import error_rates
 
     utts = read_manifest(manifest)
     start = time.monotonic()

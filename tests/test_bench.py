@@ -1,4 +1,4 @@
-"""`xlsr-edge bench` and the timing helpers in xlsr_edge.bench."""
+"""`xlsr-edge bench` and the timing helpers in xlsr_edge.measure.bench."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from xlsr_edge.bench import (
+from xlsr_edge.cli import main
+from xlsr_edge.data import CLIPS_MANIFEST
+from xlsr_edge.measure.bench import (
     exact_audio,
     interleave,
     markdown_table,
@@ -18,8 +20,6 @@ from xlsr_edge.bench import (
     rss_bytes,
     summarize,
 )
-from xlsr_edge.cli import main
-from xlsr_edge.data import CLIPS_MANIFEST
 
 
 def test_bench_two_bundles_one_row_per_bundle_batch_length(tiny_bundle, tmp_path, capsys):
@@ -147,8 +147,8 @@ def test_rss_from_proc():
 
 def test_bench_and_eval_modules_do_not_import_torch():
     code = (
-        "import sys, xlsr_edge.bench, xlsr_edge.evaluation, xlsr_edge.commands.bench, "
-        "xlsr_edge.commands.evaluate; from xlsr_edge.cli import _main_parser; _main_parser();"
+        "import sys, xlsr_edge.measure.bench, xlsr_edge.measure.evaluation, xlsr_edge.commands.bench, "
+        "xlsr_edge.commands.evaluate; from xlsr_edge.cli import build_parser; build_parser();"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -38,8 +38,8 @@ def recognizer(demo_bundle):
 
 
 def test_demo_model_reaches_its_test_cer(recognizer):
-    from xlsr_edge.calibration import read_manifest
-    from xlsr_edge.metrics import error_rates
+    from xlsr_edge.datasets import read_manifest
+    from xlsr_edge.measure.metrics import error_rates
 
     utts = read_manifest(TEST_MANIFEST)
     assert len(utts) >= 20
@@ -53,7 +53,7 @@ def test_demo_model_reaches_its_test_cer(recognizer):
 @pytest.fixture(scope="module")
 def long_audio() -> tuple[np.ndarray, str]:
     """Shipped clips with 0.5 s pauses, concatenated to > 20 s, and their joined reference."""
-    from xlsr_edge.calibration import read_manifest
+    from xlsr_edge.datasets import read_manifest
     from xlsr_edge.runtime.audio import load_audio
 
     pieces, refs, total = [], [], 0
@@ -93,7 +93,7 @@ def test_chunk_stitching_is_exact_when_the_context_covers_the_audio(recognizer, 
 
 
 def test_chunked_transcript_close_to_unchunked_with_4s_context(recognizer, long_audio):
-    from xlsr_edge.metrics import error_rates
+    from xlsr_edge.measure.metrics import error_rates
 
     audio, ref = long_audio
     whole = _text(recognizer, audio, None, 0.0)

@@ -14,8 +14,8 @@ from xlsr_edge.bundle import read_manifest as read_bundle
 from xlsr_edge.cli import main
 from xlsr_edge.data import CLIPS_DIR, default_clips
 from xlsr_edge.decoders import Decoded, Decoder
-from xlsr_edge.evaluation import EvalOptions, evaluate
-from xlsr_edge.metrics import NORMALIZATION_DESCRIPTION, char_confusions, normalize_text
+from xlsr_edge.measure.evaluation import EvalOptions, evaluate
+from xlsr_edge.measure.metrics import NORMALIZATION_DESCRIPTION, char_confusions, normalize_text
 from xlsr_edge.runtime import Recognizer
 from xlsr_edge.runtime.audio import load_audio
 

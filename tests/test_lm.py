@@ -189,7 +189,7 @@ def test_build_arpa_bin_gz_and_unigrams(lms):
 @needs_kenlm
 def test_corpus_is_normalized_like_the_training_transcripts(tmp_path):
     """LM words must be spelled as the acoustic model spells them: Turkish İ/I rules, no punctuation."""
-    from xlsr_edge.metrics import normalize_text
+    from xlsr_edge.text import normalize_text
 
     text = tmp_path / "tr.txt"
     lines = ["İSTANBUL'A GİTTİM.", "Işık, Iğdır'da yandı!", "  «Kedi» ve köpek…  "]

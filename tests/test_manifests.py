@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from xlsr_edge.calibration import (
+from xlsr_edge.datasets import (
     Utterance,
     fill_durations,
     from_audio_paths,
@@ -319,7 +319,7 @@ def test_manifest_digest_order_independent_and_content_sensitive() -> None:
 
 def test_manifests_module_imports_no_heavy_dependencies() -> None:
     code = (
-        "import sys, xlsr_edge.calibration\n"
+        "import sys, xlsr_edge.datasets\n"
         "bad = [m for m in ('torch', 'transformers', 'onnx', 'onnxruntime', 'jiwer') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

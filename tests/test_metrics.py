@@ -6,7 +6,7 @@ import jiwer
 import pytest
 
 from xlsr_edge.errors import XlsrEdgeError
-from xlsr_edge.metrics import (
+from xlsr_edge.measure.metrics import (
     NORMALIZATION_DESCRIPTION,
     ErrorRates,
     char_confusions,
@@ -199,7 +199,7 @@ def test_metrics_module_imports_jiwer_lazily() -> None:
     import sys
 
     code = (
-        "import sys, xlsr_edge.metrics as m\n"
+        "import sys, xlsr_edge.measure.metrics as m\n"
         "assert 'jiwer' not in sys.modules\n"
         "m.normalize_text('A')\n"
         "assert 'jiwer' not in sys.modules\n"

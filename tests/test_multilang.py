@@ -123,7 +123,7 @@ def test_auto_lid_threshold_keeps_95_percent_of_held_out_clips_routed():
 
 
 def test_lid_threshold_argument_takes_a_probability_or_auto(tmp_path, capsys):
-    from xlsr_edge.cli import _threshold
+    from xlsr_edge.commands.export import _threshold
 
     assert _threshold("auto") is None and _threshold("0.7") == 0.7
     with pytest.raises(SystemExit) as exc:  # argparse: usage + one error line, exit 2
@@ -209,7 +209,7 @@ def test_language_id_routes_held_out_speech(lid_corpora, tmp_path):
     """Heads for tr (the demo model), id and es on the demo's frozen body; LID trained on the train splits."""
     import jiwer
 
-    from xlsr_edge.calibration import read_manifest
+    from xlsr_edge.datasets import read_manifest
     from xlsr_edge.export.multi import LidOptions
     from xlsr_edge.train.finetune import build_model, save_checkpoint
     from xlsr_edge.train.vocab import build_vocab

@@ -297,8 +297,8 @@ def _demo() -> tuple[Path, Path]:
 
 
 def _test_cer(bundle: Path, test_set: Path) -> float:
-    from xlsr_edge.calibration import read_manifest
-    from xlsr_edge.metrics import error_rates
+    from xlsr_edge.datasets import read_manifest
+    from xlsr_edge.measure.metrics import error_rates
     from xlsr_edge.runtime import Recognizer
 
     utts = read_manifest(test_set)
@@ -380,7 +380,8 @@ def test_calibration_reader_fixed_length_works_with_onnxruntime_entropy(tiny_bun
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     from xlsr_edge.bundle import read_manifest
-    from xlsr_edge.calibration.quantize import ManifestCalibrationReader, load_calibration_set
+    from xlsr_edge.precision.calibration_set import load_calibration_set
+    from xlsr_edge.precision.static import ManifestCalibrationReader
 
     info = read_manifest(tiny_bundle).model
     calib = load_calibration_set(CLIPS_MANIFEST, info, size=3, seed=1)
@@ -406,7 +407,7 @@ def test_parallel_matmul_fusion_folds_biases_and_keeps_the_maths(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from xlsr_edge.calibration.quantize import fuse_parallel_matmuls
+    from xlsr_edge.precision.graph import fuse_parallel_matmuls
 
     rng = np.random.default_rng(0)
     inits, nodes, outputs = [], [], []

@@ -74,7 +74,7 @@ def test_synth_splits_disjoint_by_sentence_and_holdout_voice(corpus):
 def test_synth_audio_exists_with_stated_duration_and_normalized_text(corpus):
     import soundfile as sf
 
-    from xlsr_edge.metrics import normalize_text
+    from xlsr_edge.text import normalize_text
 
     total = 0.0
     for name in ("train", "dev", "test", "test_voice"):

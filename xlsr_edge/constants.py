@@ -45,3 +45,5 @@ DEFAULT_BATCH_SIZE = 8
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_BROKEN_PIPE = 141  # stdout closed by the reader (`| head`), as shells report SIGPIPE

@@ -1,4 +1,4 @@
-"""`xlsr-edge bench`: throughput, latency, load time, peak RSS and size of bundles (xlsr_edge.bench)."""
+"""`xlsr-edge bench`: throughput, latency, load time, peak RSS and size of bundles (xlsr_edge.measure.bench)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _list(kind: type, flag: str):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from xlsr_edge.bench import BenchConfig, results_markdown, run_bench, write_results
+    from xlsr_edge.measure.bench import BenchConfig, results_markdown, run_bench, write_results
 
     if args.audio is not None and not args.audio.exists():
         raise XlsrEdgeError(f"--audio: no such folder or manifest: {args.audio}")

@@ -1,4 +1,4 @@
-"""`xlsr-edge eval`: WER, CER, entity micro-WER and RTF of a bundle on a manifest (xlsr_edge.evaluation)."""
+"""`xlsr-edge eval`: WER, CER, entity micro-WER and RTF of a bundle on a manifest (xlsr_edge.measure.evaluation)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from xlsr_edge.commands.common import add_decoder_arguments, decoder_options
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK, EXIT_SOME_FAILED
 from xlsr_edge.errors import XlsrEdgeError
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from xlsr_edge.cli import decoder_options  # the same decoder flags as transcribe
-    from xlsr_edge.evaluation import (
+    from xlsr_edge.measure.evaluation import (
         EvalOptions,
         evaluate,
         format_text,
@@ -65,18 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="WER, CER, entity micro-WER and real-time factor of a bundle on a manifest",
         description=(
             "Transcribe every utterance of MANIFEST with BUNDLE and score it against the manifest's text "
-            "(corpus-level WER/CER with jiwer after xlsr_edge.metrics.normalize_text). Missing audio and "
+            "(corpus-level WER/CER with jiwer after xlsr_edge.text.normalize_text). Missing audio and "
             "audio that fails to decode are listed and left out of the scores (exit code 1)."
         ),
     )
     p.add_argument("bundle", type=Path)
     p.add_argument("manifest", type=Path, help="NeMo JSONL, Common Voice TSV or CSV with reference text")
-    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
-    p.add_argument("--lm", type=Path, default=None, help="KenLM model (.arpa or .bin), beam decoder only")
-    p.add_argument("--beam-width", type=int, default=100)
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--beta", type=float, default=1.5)
-    p.add_argument("--workers", type=int, default=0, help="beam decoding processes")
+    add_decoder_arguments(p, hotwords=False)
     p.add_argument(
         "--entities",
         type=Path,

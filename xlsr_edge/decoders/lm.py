@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import XlsrEdgeError
-from ..metrics import normalize_text
+from ..text import normalize_text
 from .options import LM_SUFFIXES
 
 ENV_KENLM_BIN = "XLSR_EDGE_KENLM_BIN"
@@ -122,7 +122,7 @@ def read_arpa_unigrams(path: str | os.PathLike) -> list[str]:
 def normalize_corpus(
     lines: Iterable[str], language: str | None = None, normalize: bool = True
 ) -> Iterable[str]:
-    """Corpus lines as the LM sees them: ``xlsr_edge.metrics.normalize_text`` (the recipe's normalization:
+    """Corpus lines as the LM sees them: ``xlsr_edge.text.normalize_text`` (the recipe's normalization:
     lower-case with Turkish/Azerbaijani İ/I rules for ``language``, NFC, punctuation stripped), so the LM's
     words are spelled the way the acoustic model was trained to spell them; ``normalize=False`` keeps the text
     as it is (NFC and whitespace only). Empty lines are dropped."""

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 
 from xlsr_edge.errors import ExportError
 
-# node-name scope of the patched encoder in the exported graph (TorchScript exporter: module path)
-FEATURE_ENCODER_SCOPE = "feature_extractor"
+# The patched encoder's nodes are named after its module path (``...feature_extractor...``): that is how
+# xlsr_edge.precision.options.FEATURE_ENCODER_SCOPE finds them in the graph.
 
 
 def _conv_as_matmul(x, conv):

@@ -114,7 +114,7 @@ def lid_features(
     """Pooled backbone features of every utterance of every language (one backbone pass each)."""
     from tqdm import tqdm
 
-    from xlsr_edge.calibration import read_manifest
+    from xlsr_edge.datasets import read_manifest
 
     jobs = []
     for lang, src in data.items():

@@ -37,7 +37,7 @@ def verification_audio(
     if source is None:
         paths = default_clips()
     else:
-        from xlsr_edge.calibration import read_manifest  # a folder of audio or any manifest format
+        from xlsr_edge.datasets import read_manifest  # a folder of audio or any manifest format
 
         paths = [u.audio for u in read_manifest(Path(source))]
     audios = [(str(p), load_audio(p, sample_rate)) for p in paths[:limit]]

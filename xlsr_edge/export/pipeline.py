@@ -22,7 +22,8 @@ from xlsr_edge.export.checkpoint import inspect_checkpoint, load_model
 from xlsr_edge.export.cnn_matmul import channels_last_feature_encoder
 from xlsr_edge.export.onnx_export import export_onnx
 from xlsr_edge.export.parity import ParityThresholds, run_parity, verification_audio
-from xlsr_edge.export.precision import convert_precision, load_precision_inputs, wants_channels_last_cnn
+from xlsr_edge.precision.convert import convert_precision, load_precision_inputs
+from xlsr_edge.precision.options import check_options, wants_channels_last_cnn
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class ExportOptions:
     verify_audio: Path | None = None
     allow_pickle: bool = False
     thresholds: ParityThresholds = field(default_factory=ParityThresholds)
-    # precision (issue 7): fp32 | fp16 | int8-dynamic | int8, see xlsr_edge.export.precision
+    # precision (issue 7): fp32 | fp16 | int8-dynamic | int8, see xlsr_edge.precision.convert
     precision: str = "fp32"
     calibration: Path | None = None  # manifest or folder; default: the shipped clips (transcribed)
     calibration_size: int = 64
@@ -53,8 +54,6 @@ class ExportOptions:
             )
         if self.max_batch is not None and self.max_batch < 1:
             raise ExportError("--max-batch must be at least 1")
-        from xlsr_edge.export.precision import check_options
-
         check_options(self)
 
 

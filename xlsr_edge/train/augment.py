@@ -69,7 +69,7 @@ class NoiseAugmenter:
             self._noises = self._load(Path(self.noise_dir))
 
     def _load(self, folder: Path) -> list[np.ndarray]:
-        from xlsr_edge.calibration import read_manifest
+        from xlsr_edge.datasets import read_manifest
         from xlsr_edge.runtime.audio import load_audio
 
         if not folder.is_dir():

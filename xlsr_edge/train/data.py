@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xlsr_edge.calibration import fill_durations, read_manifest
+from xlsr_edge.datasets import fill_durations, read_manifest
 from xlsr_edge.errors import XlsrEdgeError
-from xlsr_edge.metrics import normalize_text
+from xlsr_edge.text import normalize_text
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import numpy as np
 
 from xlsr_edge.errors import XlsrEdgeError, require
 from xlsr_edge.export.tiny import TINY
-from xlsr_edge.metrics import error_rates
+from xlsr_edge.measure.metrics import error_rates
 from xlsr_edge.train.augment import NoiseAugmenter
 from xlsr_edge.train.data import (
     Example,

@@ -4,7 +4,7 @@ What a corpus is made of (all decided by ``--seed``; the same seed and options g
 
 * **Words**: the ``top_words`` most frequent words of the language from ``wordfreq`` (its data ships inside
   the wheel, no network), or a small built-in list when wordfreq is not installed. Every word goes through
-  ``xlsr_edge.metrics.normalize_text(word, language)`` and is kept only when it then consists of letters of
+  ``xlsr_edge.text.normalize_text(word, language)`` and is kept only when it then consists of letters of
   the language's alphabet (``ALPHABETS``; letters per ``str.isalpha`` for languages not listed). So **words
   with digits are excluded** (no number is ever spelled out: espeak-ng would read "1923" in its own way and
   the transcript could not say how), and so are words with apostrophes (Turkish "türkiye'nin") and foreign
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from xlsr_edge.errors import XlsrEdgeError
-from xlsr_edge.metrics import normalize_text
+from xlsr_edge.text import normalize_text
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")

@@ -1,6 +1,6 @@
 """fp16 / int8-dynamic / int8 bundles: convert the verified fp32 graph, gate it on transcribed speech, report.
 
-Called by export_bundle after the fp32 parity gate passed. The bundle ships only the converted graph: the fp32
+Called by xlsr_edge.export's export_bundle after the fp32 parity gate passed. The bundle ships only the converted graph: the fp32
 graph is reproducible from the checkpoint, and the gate's fp32 figures are kept in bundle.json.
 """
 
@@ -19,48 +19,12 @@ from xlsr_edge.constants import MODEL_ONNX, MODEL_ONNX_DATA
 from xlsr_edge.errors import ExportError
 
 if TYPE_CHECKING:  # the quantization modules import onnx/onnxruntime.quantization: load them when used
-    from xlsr_edge.calibration.gate import GateSet
-    from xlsr_edge.calibration.quantize import CalibrationSet
-
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
-CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
-QUANTIZABLE_GROUPS = ("MatMul", "Gemm", "Attention", "FeatureEncoder", "Conv")
-
-
-def wants_channels_last_cnn(options) -> bool:
-    """FeatureEncoder quantization needs the CNN exported as MatMuls (xlsr_edge.export.cnn_matmul)."""
-    return options.precision in ("int8", "int8-dynamic") and "FeatureEncoder" in options.quantize_ops
+    from xlsr_edge.precision.calibration_set import CalibrationSet
+    from xlsr_edge.precision.gate import GateSet
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def check_options(o) -> None:
-    """Validate the precision fields of ExportOptions (ExportError names the CLI flag)."""
-    if o.precision not in PRECISIONS:
-        raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {o.precision!r}")
-    if o.precision == "fp32":
-        if o.calibration is not None:
-            raise ExportError("--calibration applies to --precision fp16, int8-dynamic or int8, not fp32")
-        return
-    if o.calibration_size < 1:
-        raise ExportError(f"--calibration-size must be at least 1, got {o.calibration_size}")
-    if o.gate_size < 1:
-        raise ExportError(f"--gate-size must be at least 1, got {o.gate_size}")
-    if o.calibration_method not in CALIBRATION_METHODS:
-        raise ExportError(
-            f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {o.calibration_method!r}"
-        )
-    if not 0 <= o.min_frame_agreement <= 1:
-        raise ExportError(f"--min-frame-agreement must be within [0, 1], got {o.min_frame_agreement}")
-    if o.max_cer_delta != o.max_cer_delta:  # NaN
-        raise ExportError("--max-cer-delta must be a number of CER points")
-    bad = [g for g in o.quantize_ops if g not in QUANTIZABLE_GROUPS]
-    if bad or not o.quantize_ops:
-        raise ExportError(
-            f"--quantize-ops: unknown {bad or 'empty list'}; choose from {', '.join(QUANTIZABLE_GROUPS)}"
-        )
 
 
 @dataclass
@@ -72,10 +36,10 @@ class PrecisionInputs:
 
 def load_precision_inputs(options, info: ModelInfo) -> PrecisionInputs:
     """Read the manifest, the calibration set (int8) and the gate's utterances, before any export work."""
-    from xlsr_edge.calibration import read_manifest
-    from xlsr_edge.calibration.gate import select_gate_set
-    from xlsr_edge.calibration.quantize import load_calibration_set
     from xlsr_edge.data import CLIPS_MANIFEST
+    from xlsr_edge.datasets import read_manifest
+    from xlsr_edge.precision.calibration_set import load_calibration_set
+    from xlsr_edge.precision.gate import select_gate_set
 
     source = options.calibration if options.calibration is not None else CLIPS_MANIFEST
     calib = None
@@ -96,15 +60,11 @@ def convert_precision(
     """
     import onnx
 
-    from xlsr_edge.calibration.fp16 import convert_fp16
-    from xlsr_edge.calibration.gate import precision_gate
-    from xlsr_edge.calibration.quantize import (
-        graph_bytes,
-        op_summary,
-        quantize_int8_dynamic,
-        quantize_int8_static,
-        save_graph,
-    )
+    from xlsr_edge.precision.dynamic import quantize_int8_dynamic
+    from xlsr_edge.precision.fp16 import convert_fp16
+    from xlsr_edge.precision.gate import precision_gate
+    from xlsr_edge.precision.graph import graph_bytes, op_summary, save_graph
+    from xlsr_edge.precision.static import quantize_int8_static
 
     precision = options.precision
     t0 = time.perf_counter()

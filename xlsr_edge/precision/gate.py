@@ -1,6 +1,6 @@
 """Accuracy gate for reduced-precision graphs: the fp32 graph and the converted graph on the same utterances.
 
-With transcripts: corpus CER/WER of both (greedy decoding, xlsr_edge.metrics.error_rates); the gate fails when
+With transcripts: corpus CER/WER of both (greedy decoding, xlsr_edge.measure.metrics.error_rates); the gate fails when
 CER rises by more than ``max_cer_delta`` percentage points. Without transcripts (a folder of audio): the share
 of frames whose argmax equals the fp32 graph's must reach ``min_agreement``. Both figures are always reported.
 """
@@ -15,8 +15,11 @@ from typing import Any
 import numpy as np
 
 from xlsr_edge.bundle import ModelInfo
-from xlsr_edge.calibration.manifests import Utterance, manifest_digest, select_stratified
+from xlsr_edge.datasets import Utterance, manifest_digest, select_stratified
 from xlsr_edge.decoders import GreedyDecoder, Vocabulary
+from xlsr_edge.measure.metrics import error_rates
+from xlsr_edge.precision.calibration_set import load_utterance
+from xlsr_edge.runtime.audio import normalize
 from xlsr_edge.runtime.batching import bucket, pad_batch
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner
 
@@ -52,15 +55,12 @@ def select_gate_set(
     source: str = "manifest",
 ) -> GateSet:
     """Up to ``size`` utterances (stratified by duration), preferring ones not used for calibration."""
-    from xlsr_edge.calibration.quantize import _load_utterance
-    from xlsr_edge.runtime.audio import normalize
-
     used = {(u.raw_path, u.line) for u in calibration}
     rest = [u for u in manifest if (u.raw_path, u.line) not in used]
     held_out = len(rest) >= min(size, len(manifest)) // 2 and len(rest) > 0
     pool = rest if held_out else list(manifest)
     picked = select_stratified(pool, size, seed=seed + 1)
-    arrays = [normalize(_load_utterance(u, source, info), info.do_normalize) for u in picked]
+    arrays = [normalize(load_utterance(u, source, info), info.do_normalize) for u in picked]
     return GateSet(utterances=picked, arrays=arrays, held_out=held_out)
 
 
@@ -106,8 +106,6 @@ def precision_gate(
     }
     failures = []
     if gate.has_text:
-        from xlsr_edge.metrics import error_rates
-
         refs = [u.text or "" for u in gate.utterances]
         r32, rq = error_rates(refs, ref_text), error_rates(refs, cand_text)
         delta = (rq.cer - r32.cer) * 100

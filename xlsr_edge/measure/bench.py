@@ -348,8 +348,8 @@ def load_source_audio(
 
     max_seconds: stop reading files once this much audio is loaded (a large manifest is not read whole).
     """
-    from xlsr_edge.calibration import read_manifest
     from xlsr_edge.data import default_clips
+    from xlsr_edge.datasets import read_manifest
     from xlsr_edge.runtime.audio import load_audio
 
     paths = [u.audio for u in read_manifest(source)] if source is not None else default_clips()

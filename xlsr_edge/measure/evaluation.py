@@ -1,6 +1,6 @@
 """Evaluate a bundle on a manifest: corpus WER/CER, entity micro-WER, real-time factor, per-utterance report.
 
-Scoring is done by ``xlsr_edge.metrics`` (jiwer alignments, ``normalize_text``); this module only runs the
+Scoring is done by ``xlsr_edge.measure.metrics`` (jiwer alignments, ``normalize_text``); this module only runs the
 recognizer, joins hypotheses to references and writes the results.
 
 What is scored (and what is not):
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xlsr_edge.calibration import Utterance, read_manifest, split_missing
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE
+from xlsr_edge.datasets import Utterance, read_manifest, split_missing
 from xlsr_edge.errors import XlsrEdgeError
-from xlsr_edge.metrics import (
+from xlsr_edge.measure.metrics import (
     NORMALIZATION_DESCRIPTION,
     ErrorRates,
     _entity_positions,

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xlsr_edge.calibration.quantize import fold_initializer_identities, save_graph, split_excludes
 from xlsr_edge.errors import ExportError, require
+from xlsr_edge.precision.graph import fold_initializer_identities, save_graph
+from xlsr_edge.precision.selection import split_excludes
 
 # Kept fp32 (plus onnxconverter-common's own default list: Range, CumSum, Resize, TopK, ...).
 FP16_BLOCKED_OPS = (

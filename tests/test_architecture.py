@@ -1,0 +1,255 @@
+"""The package's import graph, read with `ast`: no module-level import cycles, and the layering of
+docs/architecture.md (the runtime that goes on a Jetson never reaches the export/training side)."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "xlsr_edge"
+
+# Layers of docs/architecture.md: a module under a key must not import anything under the listed prefixes,
+# at module level or inside a function.
+FORBIDDEN = {
+    "xlsr_edge.runtime": (
+        "xlsr_edge.export",
+        "xlsr_edge.train",
+        "xlsr_edge.commands",
+        "xlsr_edge.cli",
+        "xlsr_edge.precision",
+        "xlsr_edge.measure",
+        "xlsr_edge.datasets",
+        "torch",
+        "transformers",
+    ),
+    "xlsr_edge.decoders": (
+        "xlsr_edge.runtime",
+        "xlsr_edge.export",
+        "xlsr_edge.train",
+        "xlsr_edge.commands",
+        "xlsr_edge.cli",
+        "xlsr_edge.precision",
+        "xlsr_edge.measure",
+        "torch",
+        "transformers",
+    ),
+    "xlsr_edge.precision": ("xlsr_edge.export", "xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli"),
+    "xlsr_edge.measure": (
+        "xlsr_edge.export.pipeline",
+        "xlsr_edge.train",
+        "xlsr_edge.commands",
+        "xlsr_edge.cli",
+    ),
+    "xlsr_edge.export": ("xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli"),
+    "xlsr_edge.train": ("xlsr_edge.commands", "xlsr_edge.cli"),
+    # the shared floor: both halves import these, so they import nothing of the package above them
+    "xlsr_edge.bundle": (
+        "xlsr_edge.runtime",
+        "xlsr_edge.export",
+        "xlsr_edge.precision",
+        "xlsr_edge.commands",
+    ),
+    "xlsr_edge.datasets": (
+        "xlsr_edge.runtime",
+        "xlsr_edge.export",
+        "xlsr_edge.precision",
+        "xlsr_edge.commands",
+    ),
+    "xlsr_edge.text": ("xlsr_edge.",),
+    "xlsr_edge.constants": ("xlsr_edge.",),
+    "xlsr_edge.errors": ("xlsr_edge.",),
+}
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    line: int
+    module_level: bool  # runs when the module is imported (not inside a function or `if TYPE_CHECKING:`)
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def import_edges(root: Path) -> tuple[set[str], list[Edge]]:
+    """Every import statement of every module under ``root`` (a package folder)."""
+    files = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    modules = set(files)
+    edges: list[Edge] = []
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+        def visit(node: ast.AST, module_level: bool, name: str = name, package: str = package) -> None:
+            for child in ast.iter_child_nodes(node):
+                level = module_level
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                    level = False
+                elif isinstance(child, ast.If) and _is_type_checking(child.test):
+                    level = False
+                if isinstance(child, ast.Import):
+                    edges.extend(Edge(name, a.name, child.lineno, level) for a in child.names)
+                elif isinstance(child, ast.ImportFrom):
+                    base = child.module or ""
+                    if child.level:
+                        anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                        base = ".".join(anchor + ([base] if base else []))
+                    for a in child.names:
+                        sub = f"{base}.{a.name}"
+                        edges.append(Edge(name, sub if sub in modules else base, child.lineno, level))
+                visit(child, level)
+
+        visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), True)
+    return modules, edges
+
+
+def find_cycle(modules: set[str], edges: list[Edge]) -> list[str] | None:
+    """A module-level import cycle among ``modules``, or None. Importing a.b.c also runs the packages a and
+    a.b, except the importer's own enclosing packages (Python has them half-initialized already)."""
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for e in edges:
+        if not e.module_level or e.target not in modules:
+            continue
+        parts = e.target.split(".")
+        for i in range(1, len(parts) + 1):
+            target = ".".join(parts[:i])
+            inside = e.source == target or e.source.startswith(target + ".")
+            if target in modules and target != e.source and (i == len(parts) or not inside):
+                graph[e.source].add(target)
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def dfs(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                return stack[stack.index(t) :] + [t]
+            if t not in state and (found := dfs(t)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(modules):
+        if m not in state and (found := dfs(m)):
+            return found
+    return None
+
+
+def layering_violations(edges: list[Edge]) -> list[str]:
+    out = []
+    for e in edges:
+        for layer, banned in FORBIDDEN.items():
+            if e.source != layer and not e.source.startswith(layer + "."):
+                continue
+            for b in banned:
+                if e.target == b.rstrip(".") or e.target.startswith(b if b.endswith(".") else b + "."):
+                    if not e.target.startswith(layer):  # a layer may import itself
+                        out.append(
+                            f"{e.source} (line {e.line}) imports {e.target}: {layer} must not import {b}"
+                        )
+    return out
+
+
+def test_no_module_level_import_cycle() -> None:
+    modules, edges = import_edges(PACKAGE)
+    assert len(modules) > 40  # the walk found the package
+    assert find_cycle(modules, edges) is None
+
+
+def test_layering_rules() -> None:
+    _, edges = import_edges(PACKAGE)
+    assert layering_violations(edges) == []
+
+
+def test_only_the_cli_imports_commands() -> None:
+    _, edges = import_edges(PACKAGE)
+    bad = [
+        f"{e.source} imports {e.target}"
+        for e in edges
+        if e.target.startswith(("xlsr_edge.commands", "xlsr_edge.cli"))
+        and not e.source.startswith(("xlsr_edge.commands", "xlsr_edge.cli", "xlsr_edge.__main__"))
+    ]
+    assert bad == []
+
+
+def test_every_command_module_registers_itself() -> None:
+    import importlib
+
+    from xlsr_edge.commands import COMMAND_MODULES
+
+    files = {p.stem for p in (PACKAGE / "commands").glob("*.py")} - {"__init__", "common"}
+    assert {m.rpartition(".")[2] for m in COMMAND_MODULES} == files
+    for m in COMMAND_MODULES:
+        assert callable(importlib.import_module(m).register), m
+
+
+# -- the checker itself can fail --------------------------------------------------------------------------
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    pkg = root / "xlsr_edge"
+    for rel, text in files.items():
+        f = pkg / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return pkg
+
+
+def test_checker_finds_a_cycle_and_ignores_function_level_and_type_checking(tmp_path: Path) -> None:
+    pkg = _write(
+        tmp_path / "a",
+        {
+            "__init__.py": "",
+            "one.py": "from xlsr_edge import two\n",
+            "two.py": "from .three import x\n",
+            "three.py": "import xlsr_edge.one\nx = 1\n",
+        },
+    )
+    modules, edges = import_edges(pkg)
+    cycle = find_cycle(modules, edges)
+    assert cycle is not None and set(cycle) == {"xlsr_edge.one", "xlsr_edge.two", "xlsr_edge.three"}
+
+    pkg = _write(
+        tmp_path / "b",
+        {
+            "__init__.py": "",
+            "one.py": "from xlsr_edge import two\n",
+            "two.py": "def f():\n    import xlsr_edge.one\n",
+            "three.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from xlsr_edge import one\n",
+        },
+    )
+    modules, edges = import_edges(pkg)
+    assert find_cycle(modules, edges) is None
+
+
+def test_checker_flags_runtime_reaching_for_export_even_inside_a_function(tmp_path: Path) -> None:
+    pkg = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "runtime/__init__.py": "",
+            "runtime/x.py": "def f():\n    from xlsr_edge.export import pipeline\n",
+            "precision/__init__.py": "",
+            "precision/y.py": "from ..export import z\n",
+            "export/__init__.py": "",
+            "export/z.py": "",
+            "export/pipeline.py": "",
+        },
+    )
+    _, edges = import_edges(pkg)
+    found = layering_violations(edges)
+    assert any("xlsr_edge.runtime.x" in v and "xlsr_edge.export.pipeline" in v for v in found)
+    assert any("xlsr_edge.precision.y" in v and "xlsr_edge.export.z" in v for v in found)

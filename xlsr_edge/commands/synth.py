@@ -1,0 +1,65 @@
+"""`xlsr-edge synth`: an espeak-ng speech corpus with NeMo manifests (xlsr_edge.train.synth)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from xlsr_edge.constants import EXIT_OK
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from xlsr_edge.train.synth import SynthOptions, build_corpus
+
+    voices: list[str] = []
+    for v in args.voices or ():
+        voices += [x for x in v.replace(",", " ").split() if x]
+    options = SynthOptions(
+        language=args.language,
+        hours=args.hours,
+        out=args.output,
+        voices=tuple(voices),
+        seed=args.seed,
+        jobs=args.jobs,
+        holdout_voice=args.holdout_voice,
+        dev_share=args.dev_share,
+        test_share=args.test_share,
+        top_words=args.top_words,
+        freq_power=args.freq_power,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    report = build_corpus(options)
+    parts = ", ".join(f"{s} {report.counts[s]} ({report.seconds[s] / 60:.1f} min)" for s in report.counts)
+    print(f"wrote {report.out}: {parts}; words from {report.word_source}")
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommand."""
+    p = sub.add_parser("synth", help="synthesize an espeak-ng speech corpus with NeMo manifests")
+    p.add_argument("--language", required=True, help="language code (espeak-ng voice and wordfreq), e.g. tr")
+    p.add_argument("--hours", type=float, required=True, help="audio in train+dev+test")
+    p.add_argument("-o", "--output", type=Path, required=True, help="corpus folder to write")
+    p.add_argument(
+        "--voices",
+        action="append",
+        help="espeak-ng voices (comma/space separated; default LANG, LANG+m1 .. +f4)",
+    )
+    p.add_argument(
+        "--holdout-voice", default=None, help="voice kept out of train/dev/test, for test_voice.jsonl"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="parallel espeak-ng processes")
+    p.add_argument("--dev-share", type=float, default=0.05)
+    p.add_argument("--test-share", type=float, default=0.05)
+    p.add_argument("--top-words", type=int, default=20000, help="draw from this many most frequent words")
+    p.add_argument(
+        "--freq-power",
+        type=float,
+        default=1.0,
+        help="draw words by frequency**P (1: real frequencies, <1 flatter)",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=_synth)

@@ -1,0 +1,62 @@
+"""Dynamic INT8 (onnxruntime ``quantize_dynamic``): int8 weights per output channel, uint8 activations quantized
+per call. The fast CPU path: no calibration data needed."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xlsr_edge.constants import EXTERNAL_DATA_THRESHOLD
+from xlsr_edge.errors import ExportError
+from xlsr_edge.precision.graph import graph_bytes, ort_quantization, preprocess, quiet
+from xlsr_edge.precision.options import DEFAULT_QUANTIZE_GROUPS
+from xlsr_edge.precision.selection import select_nodes
+
+
+def quantize_int8_dynamic(
+    src: Path,
+    dst: Path,
+    *,
+    quantize_groups: Sequence[str] = DEFAULT_QUANTIZE_GROUPS,
+    exclude: Sequence[str] = (),
+    per_channel: bool = True,
+) -> dict[str, Any]:
+    """Dynamic INT8: int8 weights (per output channel), uint8 activations quantized at run time."""
+    import onnx
+
+    q = ort_quantization()
+    work = Path(tempfile.mkdtemp(prefix="xlsr-int8d-", dir=dst.parent))
+    try:
+        pre = work / "pre.onnx"
+        fused = preprocess(src, pre)
+        sel = select_nodes(onnx.load(str(pre), load_external_data=False), quantize_groups, exclude)
+        try:
+            with quiet():
+                q.quantize_dynamic(
+                    str(pre),
+                    str(dst),
+                    op_types_to_quantize=sorted(
+                        {"MatMul" if g in ("Attention", "FeatureEncoder") else g for g in quantize_groups}
+                    ),
+                    per_channel=per_channel,
+                    reduce_range=False,  # AVX512-VNNI / ARM dot-product: full 8-bit range is exact
+                    weight_type=q.QuantType.QInt8,
+                    nodes_to_quantize=sel.quantize,
+                    use_external_data_format=graph_bytes(pre) > EXTERNAL_DATA_THRESHOLD,
+                    extra_options={"MatMulConstBOnly": "Attention" not in quantize_groups},
+                )
+        except Exception as exc:
+            raise ExportError(f"onnxruntime dynamic quantization failed: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "method": "onnxruntime quantize_dynamic",
+        "weights": "int8 symmetric, " + ("per output channel" if per_channel else "per tensor"),
+        "activations": "uint8, range computed per call (DynamicQuantizeLinear)",
+        "quantized_groups": dict(sel.groups),
+        "kept_float_nodes": sel.kept_summary(),
+        "matmuls_fused": fused,
+    }
