@@ -98,7 +98,9 @@ def test_bench_user_errors(tiny_bundle, tmp_path, capsys):
     with (bad / "model.onnx").open("ab") as f:
         f.write(b"\0")
     assert (
-        main(["bench", str(bad), "--seconds", "1", "--batch", "1", "--threads", "1", "-o", str(tmp_path)])
+        main(
+            ["bench", str(bad), "--seconds", "1", "--batch", "1", "--threads", "1", "-o", str(tmp_path / "r")]
+        )
         == 2
     )
     err = capsys.readouterr().err

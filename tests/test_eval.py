@@ -219,5 +219,5 @@ def test_beam_decoder_option_and_lm_needs_beam(tiny_bundle, tmp_path, capsys):
     assert rc == 0 and data["decoder"] == "beam" and data["decoder_options"]["beam_width"] == 8
     lm = tmp_path / "x.arpa"
     shutil.copy(manifest, lm)  # never read: the flag combination is refused first
-    assert main(["eval", str(tiny_bundle), str(manifest), "--lm", str(lm)]) == 2
+    assert main(["eval", str(tiny_bundle), str(manifest), "--decoder", "greedy", "--lm", str(lm)]) == 2
     assert "--decoder beam" in capsys.readouterr().err

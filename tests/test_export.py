@@ -195,8 +195,13 @@ def test_existing_output_needs_overwrite(tiny_ckpt, tmp_path, capsys):
     assert export_main([str(tiny_ckpt), "-o", str(out), "--no-verify"]) == 2
     assert "--overwrite" in _one_error_line(capsys)
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only a bundle (or an empty folder), never a folder of someone's files
+    assert export_main([str(tiny_ckpt), "-o", str(out), "--no-verify", "--overwrite"]) == 2
+    assert "not a bundle" in _one_error_line(capsys)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert export_main([str(tiny_ckpt), "-o", str(out), "--no-verify"]) == 0
     assert export_main([str(tiny_ckpt), "-o", str(out), "--no-verify", "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists()
     assert read_bundle_json(out)["parity"] == {"skipped": "--no-verify"}
 
 

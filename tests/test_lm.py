@@ -140,7 +140,6 @@ def test_lmplz_failure_reports_stderr(tmp_path, monkeypatch, corpus):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"order": 0}, "order"),
         ({"prune": (0, 2, 1)}, "decrease"),
         ({"prune": (1, 1)}, "unigrams"),
         ({"prune": (0, 0, 0, 0)}, "thresholds"),
@@ -152,8 +151,15 @@ def test_build_lm_argument_errors(tmp_path, corpus, kwargs, message):
         build_lm(corpus, tmp_path / "lm.arpa", **kwargs)
 
 
+@pytest.mark.parametrize("order", [0, 1, 7, True])
+def test_build_lm_orders_kenlm_cannot_load(tmp_path, corpus, order):
+    with pytest.raises(XlsrEdgeError, match=r"--order must be an integer from 2 to 6"):
+        build_lm(corpus, tmp_path / "lm.arpa", order=order)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_build_lm_bad_paths(tmp_path, corpus):
-    with pytest.raises(ValueError, match="out_path"):
+    with pytest.raises(XlsrEdgeError, match="-o/--output must end in"):
         build_lm(corpus, tmp_path / "lm.txt")
     with pytest.raises(XlsrEdgeError, match="corpus not found"):
         build_lm(tmp_path / "missing.txt", tmp_path / "lm.arpa")
@@ -293,3 +299,146 @@ def test_lm_decoding_with_own_pool_equals_serial(vocab, lms):
     with BeamDecoder(vocab, BeamOptions(num_workers=2, **options)) as pooled:
         got = [(d.text, d.words, d.score) for d in pooled.decode_batch(batch, lengths)]
     assert got == expected
+
+
+# ---------------------------------------------------------------------------------------- trust (issue 14)
+
+
+def cli_errors(capfd) -> tuple[list[str], str]:
+    err = capfd.readouterr().err
+    return [line for line in err.splitlines() if line.startswith("error:")], err
+
+
+@needs_kenlm
+@pytest.mark.parametrize("order", ["1", "7"])
+def test_lm_build_cli_refuses_orders_kenlm_cannot_load(corpus, tmp_path, capfd, order):
+    from xlsr_edge.cli import main
+
+    assert main(["lm", "build", str(corpus), "-o", str(tmp_path / "lm.arpa"), "--order", order]) == 2
+    errors, err = cli_errors(capfd)
+    assert len(errors) == 1 and "--order" in errors[0] and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_kenlm
+def test_lm_build_killed_midway_keeps_the_old_lm_and_the_next_build_cleans_up(corpus, tmp_path, capfd):
+    """kill -9 while lmplz runs: the old LM and its unigrams stay byte-identical, the work folder (in the LM's
+    own folder, not in /tmp) is removed by the next build, which says so on stderr and shows its stages."""
+    import os
+    import subprocess
+    import sys
+
+    from xlsr_edge.cli import main
+
+    out = tmp_path / "lm" / "lm.bin"
+    assert main(["lm", "build", str(corpus), "-o", str(out), "--order", "2"]) == 0
+    err = capfd.readouterr().err
+    assert "lmplz: 1/5 Counting and sorting n-grams" in err and "build_binary" in err  # progress lines
+    old = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert set(old) == {"lm.bin", "lm.unigrams.txt"}
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    write_fake_tool(tools, "lmplz", "cat >/dev/null; kill -9 $PPID; sleep 5")
+    write_fake_tool(tools, "build_binary", "exit 0")
+    other = tmp_path / "other.txt"
+    other.write_text("ganz andere wörter\n", encoding="utf-8")
+    killed = subprocess.run(
+        [sys.executable, "-m", "xlsr_edge", "lm", "build", str(other), "-o", str(out)],
+        env={**os.environ, ENV_KENLM_BIN: str(tools)},
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+    )
+    assert killed.returncode == -9
+    left = sorted(p.name for p in out.parent.iterdir() if p.name not in old)
+    assert len(left) == 1 and left[0].startswith(".lm.bin.xlsr-tmp-")
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir() if p.name in old} == old
+    assert main(["lm", "build", str(corpus), "-o", str(out), "--order", "2"]) == 0
+    err = capfd.readouterr().err
+    assert f"removed {out.parent / left[0]}: left behind by an interrupted run" in err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lm.bin", "lm.unigrams.txt"]
+
+
+def test_lm_build_failure_keeps_the_old_lm_and_its_unigrams(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "lm.arpa"
+    out.write_text("old lm")
+    unigrams_path_for(out).write_text("old words\n")
+    write_fake_tool(tmp_path, "lmplz", "cat >/dev/null; echo partial > /dev/stdout; exit 1")
+    write_fake_tool(tmp_path, "build_binary", "exit 0")
+    monkeypatch.setenv(ENV_KENLM_BIN, str(tmp_path))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(XlsrEdgeError, match="lmplz failed"):
+        build_lm(corpus, out)
+    assert out.read_text() == "old lm" and unigrams_path_for(out).read_text() == "old words\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_lm_build_installs_the_unigrams_before_the_lm(corpus, tmp_path, monkeypatch):
+    """Killed between the two renames of a first build: the LM a decoder would open is not there yet, so no LM
+    is ever visible without its word list."""
+    import os
+    import subprocess
+    import sys
+
+    write_fake_tool(tmp_path, "lmplz", "cat >/dev/null; printf '\\\\data\\\\\\n'")
+    write_fake_tool(tmp_path, "build_binary", "exit 0")
+    out = tmp_path / "out" / "lm.arpa"
+    killed = subprocess.run(
+        [sys.executable, "-m", "xlsr_edge", "lm", "build", str(corpus), "-o", str(out)],
+        env={**os.environ, ENV_KENLM_BIN: str(tmp_path), "XLSR_EDGE_TEST_KILL_AT": "new-in"},
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert unigrams_path_for(out).is_file() and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def bad_lms(tmp_path_factory) -> dict[str, Path]:
+    import gzip
+
+    d = tmp_path_factory.mktemp("bad-lm")
+    files = {
+        "garbage.arpa.gz": b"this is not gzip",
+        "cut.arpa.gz": gzip.compress(b"\\data\\\nngram 1=3\n" * 50)[:40],
+        "empty.arpa": b"",
+        "garbage.arpa": b"hello world\n",
+        "garbage.bin": bytes(range(256)) * 8,
+        "latin1.arpa": b"\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0\tg\xfczel\n\n\\end\\\n",
+    }
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    # a valid LM whose unigram file is not UTF-8
+    (d / "words").mkdir()
+    (d / "words" / "lm.arpa").write_text(
+        "\\data\\\nngram 1=3\nngram 2=1\n\n\\1-grams:\n-1.0\t<s>\t-0.5\n-1.0\t</s>\n-1.0\ta\t-0.5\n\n"
+        "\\2-grams:\n-0.5\t<s> a\n\n\\end\\\n"
+    )
+    (d / "words" / "lm.unigrams.txt").write_bytes(b"g\xfczel\n")
+    return {p.name: p for p in d.iterdir() if p.is_file()} | {"unigrams": d / "words" / "lm.arpa"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "garbage.arpa.gz",
+        "cut.arpa.gz",
+        "empty.arpa",
+        "garbage.arpa",
+        "garbage.bin",
+        "latin1.arpa",
+        "unigrams",
+    ],
+)
+def test_malformed_lm_is_one_error_line(tiny_bundle, bad_lms, capfd, name):
+    pytest.importorskip("pyctcdecode")
+    pytest.importorskip("kenlm")
+    from xlsr_edge.cli import main
+    from xlsr_edge.data import default_clips
+
+    lm = bad_lms[name]
+    rc = main(["transcribe", str(tiny_bundle), str(default_clips()[0]), "--decoder", "beam", "--lm", str(lm)])
+    errors, err = cli_errors(capfd)
+    assert rc == 2 and "Traceback" not in err
+    assert len(errors) == 1, err
+    shown = unigrams_path_for(lm) if name == "unigrams" else lm
+    assert str(shown) in errors[0]

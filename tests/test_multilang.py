@@ -71,8 +71,9 @@ def test_mismatched_backbones_are_detected(lang_ckpts, tmp_path, capsys):
     out = tmp_path / "b"
     code = export_main(["--multi", f"tr={lang_ckpts['tr']}", f"es={other}", "-o", str(out)])
     assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: the checkpoints do not share a backbone") and "Option B" in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: the checkpoints do not share a backbone") and "Option B" in errors[0]
     assert not out.exists()
     with pytest.raises(ExportError, match="tensors differ"):
         export_multi({"tr": lang_ckpts["tr"], "es": other}, tmp_path / "c")

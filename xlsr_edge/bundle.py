@@ -1,25 +1,32 @@
 """bundle.json schema, file hashes and compatibility checks: the only module both halves share.
 
 The bundle folder is the contract: everything that needs torch writes it, everything on the device reads it.
+A bundle is untrusted input (copied between machines): `read_manifest` validates every field it returns, and
+every file bundle.json names is opened through `bundle_path`, which never leaves the bundle folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from xlsr_edge.constants import BUNDLE_JSON, MODEL_ONNX, SCHEMA_VERSION
-from xlsr_edge.errors import BundleError, XlsrEdgeError
+from xlsr_edge.errors import BundleError
 
 _HASH_CHUNK = 1 << 22
+_MAX_MANIFEST_BYTES = 64 << 20  # bundle.json is a few KB; refuse to read a huge file into memory
+_MAX_SYMLINK_HOPS = 40
+_MAX_SAMPLES = 1 << 24  # frame stride / receptive field: beyond this the conv stack is nonsense
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DRIVE = re.compile(r"[A-Za-z]:")
+FILES_KEY = 'a "files" key'  # the field name in messages about paths listed in `files`
 
 
 def sha256_file(path: Path) -> str:
@@ -28,6 +35,227 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+# -- paths inside the bundle ------------------------------------------------------------------------------------
+
+
+def plain_relative(rel: object) -> bool:
+    """A plain relative posix path (`heads/tr.npz`): no absolute path, `..`, `.`, empty part, backslash or NUL.
+
+    Purely lexical: nothing is looked up. Also used for the shard names of a checkpoint's index.
+    """
+    return (
+        isinstance(rel, str)
+        and 0 < len(rel) <= 1024
+        and "\x00" not in rel
+        and "\\" not in rel
+        and not rel.startswith("/")
+        and not _DRIVE.match(rel)
+        and not any(p in ("", ".", "..") for p in rel.split("/"))
+    )
+
+
+def check_relative(rel: object, field: str, source: str = BUNDLE_JSON) -> str:
+    """`rel` if it is a plain relative path, else BundleError naming the field (a refusal reveals nothing about
+    the machine's files: nothing is looked up)."""
+    if not plain_relative(rel):
+        subject = field if '"' in field else f'"{field}"'
+        raise BundleError(
+            f"{source}: {subject} must be a plain relative path inside the bundle (no absolute path, "
+            f'"..", backslash or NUL), found {_describe(rel)}'
+        )
+    return rel
+
+
+def _inside(root: Path, rel: str) -> bool:
+    """Follow `rel` from `root` one component at a time, symlinks included, without ever looking outside root.
+
+    A symlink whose target (read with readlink, not followed) leaves root makes the answer False before the
+    target is touched; so does a loop of links.
+    """
+    root_s = str(root)
+    todo = rel.split("/")
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not done:
+                return False
+            done.pop()
+            continue
+        done.append(part)
+        p = os.path.join(root_s, *done)
+        if not os.path.islink(p):  # lstat, inside root: a missing part is fine ("missing" later)
+            continue
+        hops += 1
+        if hops > _MAX_SYMLINK_HOPS:
+            return False
+        target = os.readlink(p)
+        done.pop()
+        if os.path.isabs(target):
+            target = os.path.normpath(target)
+            if target != root_s and not target.startswith(root_s.rstrip("/") + "/"):
+                return False
+            done = []
+            target = os.path.relpath(target, root_s)
+        todo = target.split("/") + todo
+    return True
+
+
+def bundle_path(folder: Path, rel: object, *, field: str = "files") -> Path:
+    """`folder / rel` for a path bundle.json names, refused (BundleError) unless it stays inside the folder.
+
+    Checked before anything is opened or stat'ed outside the bundle: the name lexically, then every symlink on
+    the way (a link that leads outside is refused whether or not its target exists).
+    """
+    rel = check_relative(rel, field)
+    root = Path(folder).resolve()
+    if not _inside(root, rel):
+        subject = field if '"' in field else f'"{field}"'
+        raise BundleError(
+            f"{BUNDLE_JSON}: {subject} names {json.dumps(rel, ensure_ascii=False)}, a symlink that leads "
+            "outside the bundle; copy the file into the bundle instead"
+        )
+    return root / rel
+
+
+# -- validation of bundle.json ---------------------------------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    """What was found, for error messages: short, and the JSON spelling (null, true, a list of 3 items)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"the integer {value}" if abs(value) < 10**15 else f"a {len(str(abs(value)))}-digit integer"
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"the number {value!r}"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return f"the string {text if len(text) <= 40 else text[:37] + '…'}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items" if value else "an empty list"
+    if isinstance(value, dict):
+        return "an object" if value else "an empty object"
+    return type(value).__name__
+
+
+def _fail(source: str, name: str, expected: str, value: object) -> NoReturn:
+    raise BundleError(f'{source}: "{name}" must be {expected}, found {_describe(value)}')
+
+
+class _Fields:
+    """Typed reads of one JSON object; each failure names the field, what it must be and what was found."""
+
+    def __init__(self, data: object, source: str, prefix: str = "", what: str = "an object") -> None:
+        if not isinstance(data, dict):
+            if prefix:
+                _fail(source, prefix.rstrip("."), what, data)
+            raise BundleError(
+                f"{source} must hold a JSON object, found {_describe(data)}; re-export the bundle"
+            )
+        self.data, self.source, self.prefix = data, source, prefix
+
+    def name(self, key: str) -> str:
+        return self.prefix + key
+
+    def fail(self, key: str, expected: str, value: object) -> NoReturn:
+        _fail(self.source, self.name(key), expected, value)
+
+    def raw(self, key: str, default: Any = ...) -> Any:
+        if key in self.data:
+            return self.data[key]
+        if default is ...:
+            raise BundleError(f'{self.source}: "{self.name(key)}" is missing; re-export the bundle')
+        return default
+
+    def integer(self, key: str, lo: int, hi: int, default: Any = ...) -> int:
+        v = self.raw(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            self.fail(key, f"an integer between {lo} and {hi}", v)
+        return v
+
+    def number(self, key: str, lo: float, hi: float, default: Any = ...) -> float:
+        v = self.raw(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:  # NaN fails too
+            self.fail(key, f"a number between {lo:g} and {hi:g}", v)
+        return float(v)
+
+    def boolean(self, key: str, default: Any = ...) -> bool:
+        v = self.raw(key, default)
+        if not isinstance(v, bool):
+            self.fail(key, "true or false", v)
+        return v
+
+    def string(
+        self, key: str, default: Any = ..., *, choices: tuple[str, ...] = (), null: bool = False
+    ) -> str:
+        v = self.raw(key, default)
+        if v is None and null:
+            return v
+        if not isinstance(v, str) or (choices and v not in choices):
+            expected = " or ".join(json.dumps(c) for c in choices) if choices else "a string"
+            self.fail(key, expected + (" or null" if null else ""), v)
+        return v
+
+    def path(self, key: str, default: Any = ...) -> str:
+        return check_relative(self.raw(key, default), self.name(key), self.source)
+
+    def sha256(self, key: str) -> str:
+        v = self.raw(key)
+        if not isinstance(v, str) or not _SHA256.fullmatch(v):
+            self.fail(key, "a sha256 (64 lowercase hex digits)", v)
+        return v
+
+    def obj(
+        self, key: str, default: Any = ..., *, null: bool = False, what: str = "an object"
+    ) -> dict[str, Any] | None:
+        v = self.raw(key, default)
+        if v is None and null:
+            return None
+        if not isinstance(v, dict):
+            self.fail(key, what + (" or null" if null else ""), v)
+        return v
+
+    def sub(self, key: str, default: Any = ...) -> _Fields:
+        return _Fields(self.raw(key, default), self.source, f"{self.name(key)}.")
+
+    def strings(self, key: str) -> list[str]:
+        v = self.raw(key)
+        if not isinstance(v, list) or not v or len(v) > 1_000_000:
+            self.fail(key, "a non-empty list of strings", v)
+        for i, t in enumerate(v):
+            if not isinstance(t, str):
+                _fail(self.source, f"{self.name(key)}[{i}]", "a string", t)
+        return list(v)
+
+    def integers(self, key: str, lo: int, hi: int) -> list[int]:
+        v = self.raw(key)
+        if not isinstance(v, list) or not 1 <= len(v) <= 64:
+            self.fail(key, f"a list of 1 to 64 integers between {lo} and {hi}", v)
+        for i, n in enumerate(v):
+            if isinstance(n, bool) or not isinstance(n, int) or not lo <= n <= hi:
+                _fail(self.source, f"{self.name(key)}[{i}]", f"an integer between {lo} and {hi}", n)
+        return list(v)
+
+
+def _vocabulary(f: _Fields) -> tuple[list[str], int, str, str | None]:
+    """vocab, blank_id, word_delimiter, unk_token of the bundle or of one language of a multi-language bundle."""
+    vocab = f.strings("vocab")
+    blank_id = f.integer("blank_id", 0, len(vocab) - 1)
+    delimiter = f.string("word_delimiter")
+    if not delimiter:
+        f.fail("word_delimiter", "a non-empty string", delimiter)
+    return vocab, blank_id, delimiter, f.string("unk_token", None, null=True)
+
+
+# -- the manifest -------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -76,9 +304,36 @@ class ModelInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ModelInfo:
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_json(cls, d: Any, source: str = BUNDLE_JSON) -> ModelInfo:
+        """Validate and read the model fields (BundleError naming the field, the expected type and the value)."""
+        f = _Fields(d, source)
+        vocab, blank_id, delimiter, unk = _vocabulary(f)
+        kernel = f.integers("conv_kernel", 1, 4096)
+        stride = f.integers("conv_stride", 1, 4096)
+        if len(kernel) != len(stride):
+            raise BundleError(
+                f'{source}: "conv_kernel" and "conv_stride" must have the same length, '
+                f"found {len(kernel)} and {len(stride)}"
+            )
+        info = cls(
+            vocab=vocab,
+            blank_id=blank_id,
+            word_delimiter=delimiter,
+            unk_token=unk,
+            sample_rate=f.integer("sample_rate", 1000, 1_000_000),
+            do_normalize=f.boolean("do_normalize"),
+            feat_extract_norm=f.string("feat_extract_norm", choices=("group", "layer")),
+            conv_kernel=kernel,
+            conv_stride=stride,
+            uses_attention_mask=f.boolean("uses_attention_mask"),
+        )
+        span = max(info.receptive_field_samples, info.frame_stride_samples)
+        if span > _MAX_SAMPLES:
+            raise BundleError(
+                f'{source}: "conv_kernel" and "conv_stride" give frames of {span} samples, '
+                f"more than {_MAX_SAMPLES}; re-export the bundle"
+            )
+        return info
 
 
 @dataclass
@@ -110,32 +365,108 @@ class BundleManifest:
             **({"extra": self.extra} if self.extra else {}),
         }
 
+    def paths(self) -> dict[str, str]:
+        """Every file bundle.json names outside `files`, by field: the graph, heads, language ID, engine."""
+        out = {"graph": self.graph}
+        if self.extra.get("kind") == "multi":
+            for lang, entry in self.extra["languages"].items():
+                out[f"extra.languages.{lang}.head"] = entry["head"]
+            if self.extra.get("lid") is not None:
+                out["extra.lid.file"] = self.extra["lid"]["file"]
+        if self.extra.get("engine") is not None:
+            out["extra.engine.file"] = self.extra["engine"]["file"]
+        return out
+
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> BundleManifest:
-        try:
-            return cls(
-                model=ModelInfo.from_json(d),
-                precision=d.get("precision", "fp32"),
-                opset=int(d.get("opset", 17)),
-                graph=d.get("graph", MODEL_ONNX),
-                schema_version=int(d["schema_version"]),
-                source=d.get("source", {}),
-                versions=d.get("versions", {}),
-                files=d.get("files", {}),
-                parity=d.get("parity"),
-                extra=d.get("extra", {}),
+    def from_json(cls, d: Any, source: str = BUNDLE_JSON) -> BundleManifest:
+        """Validate and read bundle.json: a BundleError names the first bad field, its expected type and the value."""
+        f = _Fields(d, source)
+        version = f.integer("schema_version", 1, 1 << 31)
+        if version > SCHEMA_VERSION:
+            raise BundleError(
+                f"bundle schema_version {version} is newer than this xlsr-edge understands ({SCHEMA_VERSION}); "
+                "upgrade xlsr-edge on this device"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"bundle.json is malformed ({exc!r}); re-export the bundle") from exc
+        model = ModelInfo.from_json(d, source)
+        files = f.obj("files", {}, what="an object of path -> sha256")
+        for rel, digest in files.items():
+            check_relative(rel, FILES_KEY, source)
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                _fail(source, f"files.{rel}", "a sha256 (64 lowercase hex digits)", digest)
+        manifest = cls(
+            model=model,
+            precision=f.string("precision", "fp32"),
+            opset=f.integer("opset", 1, 1000, 17),
+            graph=f.path("graph", MODEL_ONNX),
+            schema_version=version,
+            source=f.obj("source", {}),
+            versions=f.obj("versions", {}),
+            files=files,
+            parity=f.obj("parity", None, null=True),
+            extra=f.obj("extra", {}),
+        )
+        _check_extra(_Fields(manifest.extra, source, "extra."))
+        return manifest
+
+
+def _check_extra(extra: _Fields) -> None:
+    """The parts of `extra` the runtime reads: multi-language heads and language ID, the TensorRT sidecar."""
+    kind = extra.string("kind", None, null=True)
+    if kind == "multi":
+        languages = extra.sub("languages")
+        if not languages.data:
+            extra.fail("languages", "a non-empty object of language -> head", languages.data)
+        for lang in languages.data:
+            entry = languages.sub(lang)
+            _vocabulary(entry)
+            entry.path("head")
+        if extra.obj("lid", None, null=True) is not None:
+            lid = extra.sub("lid")
+            lid.path("file")
+            lid.string("policy", "all", choices=("all", "unknown"))
+            lid.number("threshold", 0, 1, 0.5)
+    extra.obj("precision_report", None, null=True)  # only displayed (inspect)
+    if extra.obj("engine", None, null=True) is not None:
+        engine = extra.sub("engine")
+        engine.path("file")
+        engine.sha256("sha256")
+        profile = engine.sub("profile", {})
+        shapes = profile.sub("shapes", {})
+        for key in ("min", "opt", "max"):
+            v = shapes.raw(key, None)
+            ok = isinstance(v, list) and len(v) == 2
+            if v is not None and not (
+                ok and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 1 << 40 for n in v)
+            ):
+                shapes.fail(key, "[batch, samples]: two positive integers", v)
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is larger than {_MAX_MANIFEST_BYTES >> 20} MB: not a bundle.json")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise BundleError(f"cannot read {path}: JSON nested too deeply") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, over-long integer literals
+        raise BundleError(f"cannot read {path}: {exc}") from exc
 
 
 def hash_files(folder: Path) -> dict[str, str]:
-    """sha256 of every file in the bundle except bundle.json itself, by relative posix path."""
+    """sha256 of every file in the bundle except bundle.json itself, by relative posix path.
+
+    Symlinks are hashed only when they stay inside the folder; one that leads outside is refused.
+    """
     folder = Path(folder)
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != BUNDLE_JSON and not p.name.startswith("."):
-            out[p.relative_to(folder).as_posix()] = sha256_file(p)
+        if p.name == BUNDLE_JSON or p.name.startswith("."):
+            continue
+        rel = p.relative_to(folder).as_posix()
+        if p.is_symlink():  # rglob does not descend into symlinked folders: only p itself can be a link
+            p = bundle_path(folder, rel, field=FILES_KEY)
+        if p.is_file():
+            out[rel] = sha256_file(p)
     return out
 
 
@@ -144,32 +475,23 @@ def write_manifest(folder: Path, manifest: BundleManifest) -> Path:
     manifest.files = hash_files(folder)
     path = Path(folder) / BUNDLE_JSON
     tmp = path.with_name(f".{BUNDLE_JSON}.tmp")
+    tmp.unlink(missing_ok=True)  # never write through a symlink left in the folder
     tmp.write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
 def read_manifest(folder: Path) -> BundleManifest:
-    """Read bundle.json and refuse bundles from a newer schema."""
+    """Read and validate bundle.json (every field, every path it names) and refuse bundles from a newer schema."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BundleError(f"bundle folder not found: {folder}")
     path = folder / BUNDLE_JSON
+    if not _inside(folder.resolve(), BUNDLE_JSON):
+        raise BundleError(f"{path} is a symlink that leads outside the bundle; copy the file into the bundle")
     if not path.is_file():
         raise BundleError(f"{folder} has no {BUNDLE_JSON}: is it a bundle written by export-xlsr?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"cannot read {path}: {exc}") from exc
-    version = data.get("schema_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{path} has no integer schema_version")
-    if version > SCHEMA_VERSION:
-        raise BundleError(
-            f"bundle schema_version {version} is newer than this xlsr-edge understands ({SCHEMA_VERSION}); "
-            "upgrade xlsr-edge on this device"
-        )
-    return BundleManifest.from_json(data)
+    return BundleManifest.from_json(_read_json_file(path), str(folder / BUNDLE_JSON))
 
 
 @dataclass(frozen=True)
@@ -179,11 +501,17 @@ class FileCheck:
 
 
 def verify_files(folder: Path, manifest: BundleManifest) -> list[FileCheck]:
-    """Compare every listed file's sha256 with the manifest; also report files bundle.json does not list."""
+    """Compare every listed file's sha256 with the manifest; also report files bundle.json does not list.
+
+    Every listed path goes through `bundle_path` first (BundleError if it leads outside the folder); unlisted
+    entries are reported by name without following symlinks.
+    """
     folder = Path(folder)
+    for name, rel in manifest.paths().items():
+        bundle_path(folder, rel, field=name)
     checks = []
     for rel, digest in sorted(manifest.files.items()):
-        p = folder / rel
+        p = bundle_path(folder, rel, field=FILES_KEY)
         if not p.is_file():
             checks.append(FileCheck(rel, "missing"))
         else:
@@ -191,7 +519,9 @@ def verify_files(folder: Path, manifest: BundleManifest) -> list[FileCheck]:
     listed = set(manifest.files)
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and p.name != BUNDLE_JSON and not p.name.startswith(".") and rel not in listed:
+        if p.name == BUNDLE_JSON or p.name.startswith(".") or rel in listed:
+            continue
+        if p.is_symlink() or p.is_file():  # a symlink is reported, never followed
             checks.append(FileCheck(rel, "unlisted"))
     return checks
 
@@ -199,6 +529,8 @@ def verify_files(folder: Path, manifest: BundleManifest) -> list[FileCheck]:
 def load_bundle(folder: Path, verify: bool = True) -> BundleManifest:
     """Read the manifest and (by default) check every hash; raise BundleError naming what differs."""
     manifest = read_manifest(folder)
+    for name, rel in manifest.paths().items():  # containment, also without verification
+        bundle_path(folder, rel, field=name)
     if verify:
         bad = [c for c in verify_files(folder, manifest) if c.status in ("modified", "missing")]
         if bad:
@@ -206,30 +538,15 @@ def load_bundle(folder: Path, verify: bool = True) -> BundleManifest:
             raise BundleError(f"bundle {folder} failed verification: {what}; re-export or copy it again")
     if manifest.graph not in manifest.files:
         raise BundleError(f"bundle {folder} does not list its graph {manifest.graph}")
+    for name, rel in manifest.paths().items():  # an unlisted file would be loaded without a hash check
+        if rel not in manifest.files:
+            raise BundleError(f'bundle {folder} does not list the file "{name}" names ({rel}) with its sha256')
     return manifest
 
 
-@contextmanager
-def atomic_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder next to `target`; on success rename it into place, on failure remove it.
+def atomic_folder(target: Path, overwrite: bool = False) -> AbstractContextManager[Path]:
+    """A bundle folder written atomically: `xlsr_edge.outputs.atomic_output` with the bundle kind (a temp folder
+    swapped in at the end; --overwrite only replaces a bundle or an empty folder)."""
+    from xlsr_edge.outputs import BUNDLE, atomic_output
 
-    A failed export therefore never leaves a half-written bundle behind.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise XlsrEdgeError(f"output {target} already exists; pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a bundle is meant to be copied and shared
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return atomic_output(target, BUNDLE, overwrite=overwrite)

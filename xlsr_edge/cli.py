@@ -6,6 +6,7 @@ Library code never imports this module; each subcommand lives in its own module 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import os
 import sys
@@ -36,8 +37,37 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
+def _has_default(action: argparse.Action) -> bool:
+    return not (action.default is None or action.default is False or action.default is argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default, also where it has no help text (argparse's formatter skips those);
+    None and False, which say nothing, are left out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not _has_default(action) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and _has_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser with HelpFormatter; add_subparsers hands the class on to every subcommand."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="xlsr-edge", description="Export, run and measure xlsr-edge bundles.")
+    ap = Parser(prog="xlsr-edge", description="Export, run and measure xlsr-edge bundles.")
     ap.add_argument("--version", action="version", version=f"xlsr-edge {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
@@ -49,7 +79,7 @@ def export_parser() -> argparse.ArgumentParser:
     """`export-xlsr`: the `xlsr-edge export` subcommand as a program of its own."""
     from xlsr_edge.commands import export
 
-    ap = argparse.ArgumentParser(prog="export-xlsr", description=export.DESCRIPTION)
+    ap = Parser(prog="export-xlsr", description=export.DESCRIPTION)
     export.add_arguments(ap)
     return ap
 

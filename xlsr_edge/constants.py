@@ -40,6 +40,14 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_CHUNK_CONTEXT_SECONDS = 5.0
 DEFAULT_BATCH_SIZE = 8
+# Longest input transcribe accepts (TranscribeOptions.max_seconds, --max-seconds; 0 disables). Audio is streamed
+# window by window, so memory grows only with the logits (50 frames/s x vocabulary, about 100 MB for 4 h); 4 h
+# covers a long meeting or lecture in one file, while a header that claims days is refused at once.
+DEFAULT_MAX_SECONDS = 4 * 3600.0
+# Sample rates the front end accepts: below 8 kHz there is no speech band left to recognize (and a 1 Hz header
+# would resample for hours); above 384 kHz (the fastest audio converters) the header is wrong.
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 384_000
 
 # Exit codes of the CLIs
 EXIT_OK = 0

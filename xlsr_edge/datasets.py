@@ -18,11 +18,16 @@ Formats, picked by the path:
 * a single audio file: one utterance.
 
 Relative audio paths resolve against the manifest's folder (never the working directory). Blank lines
-and lines starting with ``#`` are skipped in JSONL and list files.
+and lines starting with ``#`` are skipped in JSONL and list files. Lines of a list file are paths, so bytes
+that are not UTF-8 are kept (as surrogates, like ``os.fsdecode``): Linux file names are bytes.
+
+``read_manifest`` raises ManifestError at the first bad line; ``read_manifest_entries`` puts a BadLine in its
+place and reads on (transcribe writes an error line for it and transcribes the rest).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -56,38 +61,58 @@ class Utterance:
     raw_path: str = ""  # the audio path exactly as written in the manifest / on the command line
 
 
+@dataclass(frozen=True)
+class BadLine:
+    """A manifest line that cannot be used, in its place among the utterances."""
+
+    where: str  # "<manifest> line <n>"
+    error: str  # one line, starting with `where`
+
+
 def read_manifest(path: str | Path, *, check_audio: bool = True) -> list[Utterance]:
     """Read a manifest (format from the suffix, see the module docstring) or a folder of audio files.
 
-    With ``check_audio=True`` a line naming a missing audio file raises ManifestError naming the line
-    and the path; with ``check_audio=False`` such utterances are kept (see ``split_missing``).
+    A bad line raises ManifestError naming the line. With ``check_audio=True`` a line naming a missing
+    audio file does too; with ``check_audio=False`` such utterances are kept (see ``split_missing``).
     """
+    utts: list[Utterance] = []
+    for entry in read_manifest_entries(path):
+        if isinstance(entry, BadLine):
+            raise ManifestError(entry.error)
+        utts.append(entry)
+    if check_audio:
+        _check_present(utts, str(path))
+    return utts
+
+
+def read_manifest_entries(path: str | Path) -> list[Utterance | BadLine]:
+    """Like ``read_manifest(path, check_audio=False)``, but a line that cannot be used becomes a BadLine in
+    its place and the lines after it are still read. What spoils the whole file (unknown format, no
+    header, not text) still raises ManifestError."""
     p = Path(path)
     if p.is_dir():
-        return _read_folder(p)
+        return list(_read_folder(p))
     if not p.exists():
         raise ManifestError(f"{path}: no such manifest file or folder; check the path")
     suffix = p.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        utts = _read_jsonl(p)
+        entries = _read_jsonl(p)
     elif suffix == ".tsv":
-        utts = _read_table(p, delimiter="\t")
+        entries = _read_table(p, delimiter="\t")
     elif suffix == ".csv":
-        utts = _read_table(p, delimiter=",")
+        entries = _read_table(p, delimiter=",")
     elif suffix in LIST_SUFFIXES:
-        utts = _read_list(p)
+        entries = _read_list(p)
     elif suffix in AUDIO_EXTENSIONS:
-        return from_audio_paths([str(path)], check_audio=check_audio)
+        return list(from_audio_paths([str(path)], check_audio=False))
     else:
         raise ManifestError(
             f"{path}: unknown manifest format '{p.suffix}'; use .jsonl/.json (NeMo), .tsv (Common Voice), "
             f".csv (path,text), .txt/.lst (one audio path per line) or a folder of audio files"
         )
-    if not utts:
+    if not entries:
         raise ManifestError(f"{path}: the manifest lists no utterances; add at least one line")
-    if check_audio:
-        _check_present(utts, str(path))
-    return utts
+    return entries
 
 
 def from_audio_paths(paths: Iterable[str | Path], *, check_audio: bool = True) -> list[Utterance]:
@@ -139,7 +164,7 @@ def manifest_digest(utts: Iterable[Utterance]) -> str:
     """sha256 (hex) over the sorted (raw_path, text) pairs: names the set of utterances, not their order."""
     pairs = sorted(((u.raw_path, u.text) for u in utts), key=lambda p: (p[0], p[1] is not None, p[1] or ""))
     blob = json.dumps(pairs, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest()  # non-UTF-8 names: their bytes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -192,65 +217,88 @@ def _parse_duration(value: object, where: str) -> float | None:
     return d
 
 
-def _iter_content_lines(path: Path) -> Iterable[tuple[int, str]]:
+def _iter_content_lines(path: Path, *, paths: bool = False) -> Iterable[tuple[int, str | BadLine]]:
+    """(line number, stripped text) of the lines that are not blank or comments; a line that is not UTF-8
+    comes as a BadLine, except in lists of paths (``paths``), whose bytes are kept as surrogates."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason}); save the manifest as UTF-8") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if b"\0" in data:  # UTF-16 or binary: the whole file is wrong, not a line
+        raise ManifestError(f"{path}: not UTF-8 text (NUL bytes); save the manifest as UTF-8")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8", "surrogateescape" if paths else "strict")
+        except UnicodeDecodeError as exc:
+            where = f"{path} line {number}"
+            yield (
+                number,
+                BadLine(where, f"{where}: not UTF-8 text ({exc.reason}); save the manifest as UTF-8"),
+            )
+            continue
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             yield number, stripped
 
 
-def _read_jsonl(path: Path) -> list[Utterance]:
+def _read_jsonl(path: Path) -> list[Utterance | BadLine]:
     base = path.parent
-    utts: list[Utterance] = []
+    entries: list[Utterance | BadLine] = []
     for number, line in _iter_content_lines(path):
+        if isinstance(line, BadLine):
+            entries.append(line)
+            continue
         where = f"{path} line {number}"
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            hint = (
-                "; the file looks like one JSON array, write one JSON object per line (JSONL) instead"
-                if line.startswith("[")
-                else '; each line must be one JSON object like {"audio_filepath": "a.wav", "text": "..."}'
-            )
-            raise ManifestError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}){hint}") from None
-        if not isinstance(obj, dict):
-            raise ManifestError(
-                f'{where}: expected a JSON object like {{"audio_filepath": "a.wav", "text": "..."}}, '
-                f"got {type(obj).__name__}"
-            )
-        raw = obj.get("audio_filepath")
-        if raw is None:
-            raise ManifestError(f'{where}: missing "audio_filepath"; add the path of the audio file')
-        if not isinstance(raw, str) or not raw.strip():
-            raise ManifestError(f'{where}: "audio_filepath" must be a non-empty string, got {raw!r}')
-        text = obj.get("text")
-        if text is not None and not isinstance(text, str):
-            raise ManifestError(f'{where}: "text" must be a string, got {type(text).__name__}')
-        offset = obj.get("offset")
-        if offset not in (None, 0, 0.0):
-            raise ManifestError(
-                f'{where}: "offset" segments are not supported; cut the segment into its own audio file'
-            )
-        entities = obj.get("entities", ())
-        if entities is None:
-            entities = ()
-        if not isinstance(entities, list | tuple) or not all(isinstance(e, str) for e in entities):
-            raise ManifestError(f'{where}: "entities" must be a list of strings, got {entities!r}')
-        utts.append(
-            Utterance(
-                audio=_resolve(base, raw),
-                text=text,
-                duration=_parse_duration(obj.get("duration"), where),
-                entities=tuple(e for e in entities if e.strip()),
-                line=number,
-                raw_path=raw,
-            )
+            entries.append(_jsonl_utterance(base, where, number, line))
+        except ManifestError as exc:
+            entries.append(BadLine(where, str(exc)))
+    return entries
+
+
+def _jsonl_utterance(base: Path, where: str, number: int, line: str) -> Utterance:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        hint = (
+            "; the file looks like one JSON array, write one JSON object per line (JSONL) instead"
+            if line.startswith("[")
+            else '; each line must be one JSON object like {"audio_filepath": "a.wav", "text": "..."}'
         )
-    return utts
+        raise ManifestError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}){hint}") from None
+    if not isinstance(obj, dict):
+        raise ManifestError(
+            f'{where}: expected a JSON object like {{"audio_filepath": "a.wav", "text": "..."}}, '
+            f"got {type(obj).__name__}"
+        )
+    raw = obj.get("audio_filepath")
+    if raw is None:
+        raise ManifestError(f'{where}: missing "audio_filepath"; add the path of the audio file')
+    if not isinstance(raw, str) or not raw.strip():
+        raise ManifestError(f'{where}: "audio_filepath" must be a non-empty string, got {raw!r}')
+    text = obj.get("text")
+    if text is not None and not isinstance(text, str):
+        raise ManifestError(f'{where}: "text" must be a string, got {type(text).__name__}')
+    offset = obj.get("offset")
+    if offset not in (None, 0, 0.0):
+        raise ManifestError(
+            f'{where}: "offset" segments are not supported; cut the segment into its own audio file'
+        )
+    entities = obj.get("entities", ())
+    if entities is None:
+        entities = ()
+    if not isinstance(entities, list | tuple) or not all(isinstance(e, str) for e in entities):
+        raise ManifestError(f'{where}: "entities" must be a list of strings, got {entities!r}')
+    return Utterance(
+        audio=_resolve(base, raw),
+        text=text,
+        duration=_parse_duration(obj.get("duration"), where),
+        entities=tuple(e for e in entities if e.strip()),
+        line=number,
+        raw_path=raw,
+    )
 
 
 def _pick_column(fields: list[str], names: tuple[str, ...]) -> str | None:
@@ -286,7 +334,7 @@ def _split_entities(value: str | None) -> tuple[str, ...]:
     return tuple(e.strip() for e in value.split("\x00") if e.strip())
 
 
-def _read_table(path: Path, *, delimiter: str) -> list[Utterance]:
+def _read_table(path: Path, *, delimiter: str) -> list[Utterance | BadLine]:
     is_tsv = delimiter == "\t"
     base = path.parent
     clips = base / "clips"
@@ -294,7 +342,7 @@ def _read_table(path: Path, *, delimiter: str) -> list[Utterance]:
     quoting = csv.QUOTE_NONE if is_tsv else csv.QUOTE_MINIMAL
     kind = "Common Voice TSV" if is_tsv else "CSV"
     expected = "path<TAB>sentence" if is_tsv else "path,text"
-    utts: list[Utterance] = []
+    utts: list[Utterance | BadLine] = []
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting, restkey="\x00extra")
@@ -319,38 +367,45 @@ def _read_table(path: Path, *, delimiter: str) -> list[Utterance]:
                 where = f"{path} line {number}"
                 if all(v is None or not str(v).strip() for k, v in row.items() if k != "\x00extra"):
                     continue  # blank line
-                if any(v is None for v in row.values()):
-                    raise ManifestError(
-                        f"{where}: fewer fields than the {len(fields)} header columns; "
-                        f"check the {'tabs' if is_tsv else 'commas and quotes'} on this line"
+                try:
+                    if any(v is None for v in row.values()):
+                        raise ManifestError(
+                            f"{where}: fewer fields than the {len(fields)} header columns; "
+                            f"check the {'tabs' if is_tsv else 'commas and quotes'} on this line"
+                        )
+                    if row.get("\x00extra"):
+                        raise ManifestError(
+                            f"{where}: more fields than the {len(fields)} header columns; "
+                            + (
+                                "remove the extra tabs"
+                                if is_tsv
+                                else 'quote text that contains commas ("a, b")'
+                            )
+                        )
+                    raw = (row[audio_col] or "").strip()
+                    if not raw:
+                        raise ManifestError(f"{where}: empty {audio_col!r} field; give the audio file path")
+                    if is_tsv and not Path(raw).is_absolute():
+                        audio = clips / raw
+                        if not audio.is_file() and ((base / raw).is_file() or not clips.is_dir()):
+                            audio = base / raw
+                    else:
+                        audio = _resolve(base, raw)
+                    duration = _parse_duration(row[dur_col], where) if dur_col else None
+                    if duration is None and raw in clip_durations:
+                        duration = clip_durations[raw]
+                    utts.append(
+                        Utterance(
+                            audio=audio,
+                            text=row[text_col] if text_col else None,
+                            duration=duration,
+                            entities=_split_entities(row[ent_col]) if ent_col else (),
+                            line=number,
+                            raw_path=raw,
+                        )
                     )
-                if row.get("\x00extra"):
-                    raise ManifestError(
-                        f"{where}: more fields than the {len(fields)} header columns; "
-                        + ("remove the extra tabs" if is_tsv else 'quote text that contains commas ("a, b")')
-                    )
-                raw = (row[audio_col] or "").strip()
-                if not raw:
-                    raise ManifestError(f"{where}: empty {audio_col!r} field; give the audio file path")
-                if is_tsv and not Path(raw).is_absolute():
-                    audio = clips / raw
-                    if not audio.is_file() and ((base / raw).is_file() or not clips.is_dir()):
-                        audio = base / raw
-                else:
-                    audio = _resolve(base, raw)
-                duration = _parse_duration(row[dur_col], where) if dur_col else None
-                if duration is None and raw in clip_durations:
-                    duration = clip_durations[raw]
-                utts.append(
-                    Utterance(
-                        audio=audio,
-                        text=row[text_col] if text_col else None,
-                        duration=duration,
-                        entities=_split_entities(row[ent_col]) if ent_col else (),
-                        line=number,
-                        raw_path=raw,
-                    )
-                )
+                except ManifestError as exc:  # this row only: the others are still read
+                    utts.append(BadLine(where, str(exc)))
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text ({exc.reason}); save the manifest as UTF-8") from exc
     except csv.Error as exc:
@@ -358,11 +413,13 @@ def _read_table(path: Path, *, delimiter: str) -> list[Utterance]:
     return utts
 
 
-def _read_list(path: Path) -> list[Utterance]:
+def _read_list(path: Path) -> list[Utterance | BadLine]:
     base = path.parent
     return [
-        Utterance(audio=_resolve(base, raw), text=None, duration=None, line=number, raw_path=raw)
-        for number, raw in _iter_content_lines(path)
+        raw
+        if isinstance(raw, BadLine)
+        else Utterance(audio=_resolve(base, raw), text=None, duration=None, line=number, raw_path=raw)
+        for number, raw in _iter_content_lines(path, paths=True)
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xlsr_edge.commands.common import add_backend_argument, check_at_least_one
 from xlsr_edge.constants import EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
 
@@ -25,8 +26,15 @@ def _list(kind: type, flag: str):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from xlsr_edge.measure.bench import BenchConfig, results_markdown, run_bench, write_results
+    from xlsr_edge.measure.bench import (
+        BenchConfig,
+        check_results_folder,
+        results_markdown,
+        run_bench,
+        write_results,
+    )
 
+    check_at_least_one("--threads", args.threads)
     if args.audio is not None and not args.audio.exists():
         raise XlsrEdgeError(f"--audio: no such folder or manifest: {args.audio}")
     config = BenchConfig(
@@ -41,6 +49,7 @@ def _bench(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         warmup=args.warmup,
     )
+    check_results_folder(args.output)  # before the runs: never lose someone's files at the end
     results = run_bench(config)
     written = write_results(results, args.output)
     print(results_markdown(results))
@@ -69,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=_list(int, "--batch"), default=[1, 8], help="e.g. 1,8")
     p.add_argument("--threads", type=_list(int, "--threads"), default=[1, 2], help="e.g. 1,2")
-    p.add_argument("--backend", default="onnxruntime")
+    add_backend_argument(p)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )

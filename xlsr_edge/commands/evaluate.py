@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from xlsr_edge.commands.common import add_decoder_arguments, decoder_options
+from xlsr_edge.commands.common import add_backend_argument, add_decoder_arguments, decoder_options
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK, EXIT_SOME_FAILED
 from xlsr_edge.errors import XlsrEdgeError
 
@@ -15,6 +15,7 @@ from xlsr_edge.errors import XlsrEdgeError
 def _eval(args: argparse.Namespace) -> int:
     from xlsr_edge.measure.evaluation import (
         EvalOptions,
+        check_report_folder,
         evaluate,
         format_text,
         progress_wanted,
@@ -37,6 +38,8 @@ def _eval(args: argparse.Namespace) -> int:
         worst=args.worst,
         progress=progress_wanted(),
     )
+    if args.report:
+        check_report_folder(args.report)  # before the evaluation: never lose someone's files at the end
     result = evaluate(args.bundle, args.manifest, options)
     written = write_report(result, args.report) if args.report else []
     if args.json:
@@ -89,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worst", type=int, default=10, help="worst utterances listed in the report")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--backend", default="onnxruntime")
+    add_backend_argument(p)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )

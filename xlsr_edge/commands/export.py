@@ -210,8 +210,15 @@ def _export(args: argparse.Namespace) -> int:
         return _export_with_engine(args, options)
     manifest = export_bundle(args.checkpoint, args.output, options)
     p = manifest.parity or {}
+    # name the graphs: parity compares the fp32 export with PyTorch, the precision gate the converted graph
+    # with that fp32 export; neither figure is about the other pair
+    compared = "fp32 graph vs PyTorch" + (
+        f", before conversion to {manifest.precision}" if manifest.precision != "fp32" else ""
+    )
     gate = "skipped" if "skipped" in p else f"passed (max |diff| {p['vs_pytorch']['max_abs_diff']:.2e})"
-    print(f"wrote {args.output}: {manifest.precision}, opset {manifest.opset}, parity gate {gate}")
+    print(
+        f"wrote {args.output}: {manifest.precision}, opset {manifest.opset}, parity gate ({compared}) {gate}"
+    )
     report = manifest.extra.get("precision_report")
     if report:
         from xlsr_edge.precision.convert import format_report
@@ -223,8 +230,6 @@ def _export(args: argparse.Namespace) -> int:
 
 def _export_with_engine(args: argparse.Namespace, options) -> int:
     """Export, then build the TensorRT engine into the bundle; refuse at once when TensorRT/GPU are missing."""
-    import shutil
-
     from xlsr_edge.commands.engine import build_options
     from xlsr_edge.export import export_bundle
     from xlsr_edge.runtime.tensorrt import build_engine, current_device, describe
@@ -233,12 +238,15 @@ def _export_with_engine(args: argparse.Namespace, options) -> int:
         raise XlsrEdgeError("--engine trt is not supported with --multi yet")
     build = build_options(args, args.max_batch)
     device = current_device()  # before any export work: nothing is written when this fails
-    export_bundle(args.checkpoint, args.output, options)
-    try:
-        sidecar = build_engine(args.output, build, device)
-    except BaseException:
-        shutil.rmtree(args.output, ignore_errors=True)  # no bundle that claims an engine it lacks
-        raise
+    sidecars: list[dict] = []
+    # the engine is built inside the new bundle before it replaces -o: a failed build leaves what was there
+    export_bundle(
+        args.checkpoint,
+        args.output,
+        options,
+        finish=lambda tmp: sidecars.append(build_engine(tmp, build, device)),
+    )
+    sidecar = sidecars[0]
     print(f"wrote {args.output}: {describe(sidecar)}, engine built in {sidecar['build_seconds']} s")
     return EXIT_OK
 

@@ -52,6 +52,7 @@ def _finetune(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         dev_max=args.dev_max,
         save_every=args.save_every,
+        log_every=args.log_every,
         resume=args.resume,
         overwrite=args.overwrite,
         allow_pickle=args.allow_pickle,
@@ -107,6 +108,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="steps between dev evaluations (0: every epoch)")
     p.add_argument("--dev-max", type=int, default=200, help="dev utterances scored during training")
     p.add_argument("--save-every", type=int, default=200, help="steps between resumable state saves")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=50,
+        help="steps between progress lines (loss, dev CER, steps/s, ETA) when stderr is not a terminal",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--allow-pickle", action="store_true", help="accept pytorch_model.bin for --init")

@@ -1,4 +1,8 @@
-"""`xlsr-edge inspect`: print a bundle's manifest and verify every file hash (exit 2 on a mismatch)."""
+"""`xlsr-edge inspect`: print a bundle's manifest and verify every file hash (exit 2 on a mismatch).
+
+bundle.json is validated on read (xlsr_edge.bundle); the free-form parts shown here (parity reports, sources,
+the precision report) are rendered defensively, so a hand-edited bundle gives an `error:` line, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,54 +10,128 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from xlsr_edge.constants import EXIT_OK, EXIT_USER_ERROR
+
+_LABEL = 13  # label column width (the value starts at column 15)
+
+
+def _line(label: str, text: str) -> None:
+    print(f"{label:<{_LABEL}} {text}")
+
+
+def _num(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, int | float) and not isinstance(v, bool) else "?"
+
+
+def _parity(p: Any, compared: str) -> str:
+    """One parity report (`vs_pytorch` figures) as text; `compared` names the graphs the figures belong to."""
+    if not isinstance(p, dict) or not p:
+        return "none"
+    if "skipped" in p:
+        return f"skipped ({p['skipped']})"
+    verdict = "passed" if p.get("passed") is True else "FAILED"
+    v = p.get("vs_pytorch")
+    if not isinstance(v, dict):
+        return f"{verdict} ({compared})"
+    return (
+        f"{verdict} ({compared}): max |diff| {_num(v.get('max_abs_diff'), '.2e')}, "
+        f"argmax agreement {_num(v.get('argmax_agreement'), '.4f')}, "
+        f"transcripts equal {v.get('transcripts_equal', '?')}"
+    )
+
+
+def _source(s: Any) -> str:
+    if not isinstance(s, dict):
+        return "unknown"
+    return f"{s.get('path')} sha256 {str(s.get('sha256'))[:16]}…"
+
+
+def _languages(manifest) -> None:
+    """Per language of a multi-language bundle: vocabulary, head, parity of head on the backbone, source."""
+    langs = manifest.extra["languages"]
+    parity = manifest.parity if isinstance(manifest.parity, dict) else {}
+    per_lang = parity.get("languages") if isinstance(parity.get("languages"), dict) else {}
+    _line("languages", f"{len(langs)}: {', '.join(langs)} (one backbone {manifest.graph}, a CTC head each)")
+    for lang, e in langs.items():
+        _line(
+            f"language {lang}",
+            f"{len(e['vocab'])} tokens, blank id {e['blank_id']}, delimiter {e['word_delimiter']!r}, "
+            f"head {e['head']}",
+        )
+        report = parity if "skipped" in parity else per_lang.get(lang)
+        _line("  parity", _parity(report, f"{lang} head on the backbone vs PyTorch"))
+        source = e.get("source") or (manifest.source.get(lang) if isinstance(manifest.source, dict) else None)
+        _line("  source", _source(source))
+    lid = manifest.extra.get("lid")
+    if isinstance(lid, dict):
+        acc = lid.get("holdout_accuracy")
+        _line(
+            "language ID",
+            f"{lid['file']}: policy {lid.get('policy', 'all')}, threshold {_num(lid.get('threshold', 0.5), '.4f')}"
+            + (f" ({lid['threshold_source']})" if isinstance(lid.get("threshold_source"), str) else "")
+            + (f", held-out accuracy {_num(acc, '.3f')}" if acc is not None else ""),
+        )
+    else:
+        _line("language ID", "none (pass --language)" if len(langs) > 1 else "none (one language)")
+
+
+def _precision_report(report: Any) -> list[str]:
+    from xlsr_edge.errors import BundleError
+    from xlsr_edge.precision.convert import format_report
+
+    try:
+        return format_report(report)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise BundleError(
+            f'bundle.json: "extra.precision_report" is malformed ({type(exc).__name__}: {exc}); re-export the bundle'
+        ) from exc
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from xlsr_edge.bundle import read_manifest, verify_files
 
-    manifest = read_manifest(args.bundle)
-    checks = verify_files(args.bundle, manifest)
+    manifest = read_manifest(args.bundle)  # validates every field and every path it names
+    checks = verify_files(args.bundle, manifest)  # never opens anything outside the bundle
     bad = [c for c in checks if c.status != "ok"]
     data = manifest.to_json()
     data["verification"] = {c.path: c.status for c in checks}
+    report = manifest.extra.get("precision_report")
+    report_lines = _precision_report(report) if report is not None else []  # refuse before printing
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         m = manifest.model
-        print(f"bundle        {args.bundle}")
-        print(
-            f"schema        {manifest.schema_version}   precision {manifest.precision}   opset {manifest.opset}"
+        multi = manifest.extra.get("kind") == "multi"
+        _line("bundle", str(args.bundle))
+        _line(
+            "schema", f"{manifest.schema_version}   precision {manifest.precision}   opset {manifest.opset}"
         )
-        print(f"vocabulary    {len(m.vocab)} tokens, blank id {m.blank_id}, delimiter {m.word_delimiter!r}")
-        print(
-            f"audio         {m.sample_rate} Hz, do_normalize={m.do_normalize}, frame stride {m.frame_stride_samples}"
-            f" samples, receptive field {m.receptive_field_samples}"
-        )
-        print(f"padding       {'attention_mask' if m.uses_attention_mask else 'none: feed unpadded'}")
-        print(
-            f"source        {manifest.source.get('path')} sha256 {str(manifest.source.get('sha256'))[:16]}…"
-        )
-        p = manifest.parity or {}
-        if "vs_pytorch" in p:
-            v = p["vs_pytorch"]
-            print(
-                f"parity        {'passed' if p.get('passed') else 'FAILED'}: max |diff| {v['max_abs_diff']:.2e}, "
-                f"argmax agreement {v['argmax_agreement']:.4f}, transcripts equal {v['transcripts_equal']}"
+        if not multi:
+            _line(
+                "vocabulary", f"{len(m.vocab)} tokens, blank id {m.blank_id}, delimiter {m.word_delimiter!r}"
             )
+        _line(
+            "audio",
+            f"{m.sample_rate} Hz, do_normalize={m.do_normalize}, frame stride {m.frame_stride_samples}"
+            f" samples, receptive field {m.receptive_field_samples}",
+        )
+        _line("padding", "attention_mask" if m.uses_attention_mask else "none: feed unpadded")
+        if multi:
+            _languages(manifest)
         else:
-            print(f"parity        {p.get('skipped', 'none')}")
-        if "precision_report" in manifest.extra:
-            from xlsr_edge.precision.convert import format_report
-
-            for line in format_report(manifest.extra["precision_report"]):
-                print(line)
-        for extra_key in ("engine",):
-            if extra_key in manifest.extra:
-                print(f"{extra_key:<13} {json.dumps(manifest.extra[extra_key], ensure_ascii=False)}")
+            _line("source", _source(manifest.source))
+            compared = "fp32 graph vs PyTorch" + (
+                f", before conversion to {manifest.precision}" if manifest.precision != "fp32" else ""
+            )
+            _line("parity", _parity(manifest.parity, compared))
+        for line in report_lines:
+            print(line)
+        if manifest.extra.get("engine") is not None:
+            _line("engine", json.dumps(manifest.extra["engine"], ensure_ascii=False))
         for c in checks:
-            print(f"file          {c.path}: {c.status}")
+            _line("file", f"{c.path}: {c.status}")
     if bad:
         print(
             "error: bundle verification failed: " + ", ".join(f"{c.path} {c.status}" for c in bad),

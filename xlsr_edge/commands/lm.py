@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from xlsr_edge.constants import EXIT_OK
 
 
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _lm_build(args: argparse.Namespace) -> int:
     from xlsr_edge.decoders.lm import build_lm
 
-    out = build_lm(args.text, args.output, order=args.order, language=args.language, normalize=not args.raw)
+    out = build_lm(
+        args.text, args.output, order=args.order, language=args.language, normalize=not args.raw, log=_log
+    )
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -22,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = lm.add_parser("build", help="build a KenLM n-gram model with lmplz/build_binary")
     p.add_argument("text", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="LM.arpa or LM.bin")
-    p.add_argument("--order", type=int, default=3)
+    p.add_argument("--order", type=int, default=3, help="n-gram order, 2 to 6 (KenLM's limits)")
     p.add_argument(
         "--language",
         default=None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import uuid
 import weakref
 from contextlib import contextmanager
@@ -31,10 +32,12 @@ import numpy as np
 from ..errors import XlsrEdgeError, require
 from .base import Decoded, Decoder, Vocabulary, Word
 from .greedy import check_batch
-from .lm import read_arpa_unigrams, read_unigrams, unigrams_path_for
+from .lm import check_lm_file, read_arpa_unigrams, read_unigrams, unigrams_path_for
 from .options import BeamOptions
 
 logger = logging.getLogger(__name__)
+# "(lm/model.cc:100 in void lm::...::InitializeFromARPA(...) threw FormatLoadException because `...`. "
+_KENLM_LOCATION = re.compile(r"\(\S+:\d+ in .*? threw \w+(?: because `[^']*')?\.?\s*")
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -130,8 +133,12 @@ def _build_ctc_decoder(spec: _Spec) -> Any:
                 alpha=spec.alpha,
                 beta=spec.beta,
             )
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise XlsrEdgeError(f"could not load the language model {spec.lm_path}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # pyctcdecode reads a plain .arpa's words itself
+        raise XlsrEdgeError(f"language model {spec.lm_path} is not UTF-8 text ({exc.reason})") from exc
+    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+        detail = " ".join(str(exc).split())  # KenLM's messages span lines; the CLI prints one
+        detail = _KENLM_LOCATION.sub("(", detail)  # keep its reason, not the C++ function that threw
+        raise XlsrEdgeError(f"could not load the language model {spec.lm_path}: {detail}") from exc
 
 
 # Per-process cache: decoder key -> pyctcdecode decoder. Fork children inherit the parent's entries.
@@ -187,6 +194,7 @@ class BeamDecoder(Decoder):
             lm_path = os.path.abspath(options.lm_path)
             if not os.path.isfile(lm_path):
                 raise XlsrEdgeError(f"language model not found: {options.lm_path}")
+            check_lm_file(lm_path)
             if options.unigrams_path is not None:
                 unigrams = os.path.abspath(options.unigrams_path)
                 if not os.path.isfile(unigrams):

@@ -16,7 +16,10 @@ def check_batch(
         raise ValueError(f"logits must be [batch, frames, vocab], got shape {logits.shape}")
     batch, frames, width = logits.shape
     if width != vocab_size:
-        raise ValueError(f"logits have {width} classes but the vocabulary has {vocab_size} tokens")
+        raise ValueError(
+            f"the vocabulary has {vocab_size} tokens but the logits have {width} values per frame; "
+            "logits and vocabulary must come from the same model"
+        )
     if lengths is None:
         return logits, np.full(batch, frames, dtype=np.int64)
     lengths = np.asarray(lengths)

@@ -1,4 +1,9 @@
-"""Read a fine-tuned Wav2Vec2/XLS-R CTC checkpoint from a local folder (never a hub)."""
+"""Read a fine-tuned Wav2Vec2/XLS-R CTC checkpoint from a local folder (never a hub).
+
+Checks what the parity gate cannot: it compares PyTorch with ONNX through the same vocabulary, so a vocab.json
+with a duplicate or missing id passes the gate and yields wrong transcripts; weights and shard indexes are
+checked before transformers reads them (no shard from outside the folder, no half-written file).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from xlsr_edge.bundle import ModelInfo, sha256_file
+from xlsr_edge.bundle import ModelInfo, plain_relative, sha256_file
 from xlsr_edge.errors import CheckpointError, require
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -29,11 +35,157 @@ class Checkpoint:
         return {"path": str(self.folder), "sha256": overall, "files": files}
 
 
-def _read_json(path: Path) -> dict:
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind, for messages."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
+
+
+def _read_json(path: Path, what: str = "a JSON object", pairs_hook=None) -> dict:
+    """A JSON object from the checkpoint; CheckpointError naming the file when it is not one."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=pairs_hook)
+    except RecursionError:
+        raise CheckpointError(f"cannot read {path}: JSON nested too deeply") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # ValueError: JSONDecodeError, huge integers
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold {what}, found {_kind(data)}")
+    return data
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _setting(path: Path, data: dict, key: str, default: Any, ok, what: str) -> Any:
+    """One typed setting of config.json / preprocessor_config.json; CheckpointError naming file and key."""
+    v = data.get(key, default)
+    if not ok(v):
+        raise CheckpointError(f'{path}: "{key}" must be {what}, found {_kind(v)} {json.dumps(v)[:40]}')
+    return v
+
+
+def _positive_ints(v: object) -> bool:
+    return isinstance(v, list) and 0 < len(v) <= 64 and all(_is_int(x) and 0 < x <= 4096 for x in v)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """object_pairs_hook: json.loads would keep the last of two equal keys silently."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"token {k!r} is listed twice")
+        out[k] = v
+    return out
+
+
+def _check_vocab_json(folder: Path) -> None:
+    """vocab.json maps N distinct tokens to exactly the ids 0..N-1 (the lm_head rows)."""
+    path = folder / "vocab.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no vocab.json: save the processor (tokenizer) with the model")
+    vocab = _read_json(path, "a JSON object of token -> id", _unique_keys)
+    tok_config = folder / "tokenizer_config.json"
+    target = _read_json(tok_config).get("target_lang") if tok_config.is_file() else None
+    if isinstance(target, str) and isinstance(
+        vocab.get(target), dict
+    ):  # MMS style: one vocabulary per language
+        vocab = vocab[target]
+    if not vocab:
+        raise CheckpointError(f"{path} is empty: a CTC vocabulary needs tokens")
+    by_id: dict[int, str] = {}
+    for token, i in vocab.items():
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise CheckpointError(
+                f"{path}: token {token!r} has id {json.dumps(i)[:40]}; ids must be integers"
+            )
+        if i in by_id:
+            raise CheckpointError(
+                f"{path}: tokens {by_id[i]!r} and {token!r} share id {i}; every token needs its own id "
+                "(a shared id passes the parity gate and garbles every transcript)"
+            )
+        by_id[i] = token
+    n = len(by_id)
+    missing = sorted(set(range(n)) - set(by_id))
+    if missing:
+        outside = sorted(set(by_id) - set(range(n)))
+        raise CheckpointError(
+            f"{path}: the {n} token ids must be exactly 0..{n - 1}; missing {missing[:5]}, "
+            f"found {outside[:5]} instead"
+        )
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header (8-byte little-endian size, a JSON object) and that the tensors' data fills the file exactly:
+    a truncated download or a file of another format is refused before transformers reads it."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a valid safetensors file ({why}); download or save it again")
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            n = int.from_bytes(prefix, "little")
+            if len(prefix) < 8 or n < 2 or n > min(size - 8, _MAX_HEADER):
+                raise bad(
+                    f"{size} bytes, header size {n if len(prefix) == 8 else '?'}: truncated or not safetensors"
+                )
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise bad(f"unreadable header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise bad(f"the header is {_kind(header)}, not an object")
+    end = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = t.get("data_offsets") if isinstance(t, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            raise bad(f"tensor {name!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    data = size - 8 - n
+    if end != data:
+        raise bad(f"the tensors need {end} bytes of data, the file holds {data}: truncated or padded")
+
+
+def _check_index(folder: Path, index: Path, safetensors: bool) -> None:
+    """A sharded checkpoint's index names shard files that exist inside the folder (and are valid)."""
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f'{index}: "weight_map" must be an object of tensor name -> shard file')
+    for shard in sorted(set(map(str, weight_map.values()))):
+        # lexical: a Hugging Face cache snapshot's files are symlinks into its blobs folder, which is fine
+        if not plain_relative(shard) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(
+                f"{index} names shard {shard!r}: shards must be files inside the checkpoint folder"
+            )
+        if not (folder / shard).is_file():
+            raise CheckpointError(f"{index} names shard {shard}, which is not in {folder}")
+        if safetensors:
+            _check_safetensors(folder / shard)
+
+
+def _check_weights(folder: Path, safetensors: bool) -> None:
+    """The weights transformers will load: the single file if present (it wins over an index), else the index."""
+    single, index = SAFETENSORS_FILES if safetensors else PICKLE_FILES
+    if (folder / single).is_file():
+        if safetensors:
+            _check_safetensors(folder / single)
+    elif (folder / index).is_file():
+        _check_index(folder, folder / index, safetensors)
 
 
 def _feature_extractor_config(folder: Path) -> dict:
@@ -50,7 +202,15 @@ def _feature_extractor_config(folder: Path) -> dict:
 
 
 def _vocab_in_id_order(tokenizer) -> list[str]:
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    """The tokenizer's tokens (vocab.json plus added tokens) in id order; each id 0..N-1 exactly once."""
+    by_id: dict[int, str] = {}
+    for t, i in tokenizer.get_vocab().items():
+        if i in by_id:
+            raise CheckpointError(
+                f"tokens {by_id[i]!r} and {t!r} share id {i} (vocab.json and tokenizer_config.json's added tokens); "
+                "every token needs its own id"
+            )
+        by_id[i] = t
     size = max(by_id) + 1 if by_id else 0
     missing = [i for i in range(size) if i not in by_id]
     if missing:
@@ -81,6 +241,8 @@ def inspect_checkpoint(folder: str | Path, *, allow_pickle: bool = False) -> Che
             f"{folder} is a {config.get('model_type')!r} model, not a Wav2Vec2/XLS-R CTC model"
         )
     pre = _feature_extractor_config(folder)
+    _check_vocab_json(folder)
+    _check_weights(folder, has_st)
 
     transformers = require("transformers", "export")
     try:
@@ -95,7 +257,9 @@ def inspect_checkpoint(folder: str | Path, *, allow_pickle: bool = False) -> Che
         raise CheckpointError(
             f"vocabulary tokens are not NFC-normalized: {not_nfc[:5]!r}; normalize vocab.json and the training text"
         )
-    lm_head_size = int(config.get("vocab_size", -1))
+    lm_head_size = _setting(
+        config_path, config, "vocab_size", None, lambda v: _is_int(v) and v > 0, "a positive integer"
+    )
     if len(vocab) != lm_head_size:
         raise CheckpointError(
             f"tokenizer has {len(vocab)} tokens but the lm_head outputs {lm_head_size} (config vocab_size); "
@@ -104,17 +268,52 @@ def inspect_checkpoint(folder: str | Path, *, allow_pickle: bool = False) -> Che
     if tokenizer.pad_token_id is None:
         raise CheckpointError("the tokenizer has no pad token: CTC needs it as the blank")
 
-    feat_norm = config.get("feat_extract_norm", "group")
+    feat_norm = _setting(
+        config_path,
+        config,
+        "feat_extract_norm",
+        "group",
+        lambda v: v in ("group", "layer"),
+        '"group" or "layer"',
+    )
+    pre_path = folder / "preprocessor_config.json"  # or processor_config.json's feature_extractor part
+    conv_kernel = _setting(
+        config_path,
+        config,
+        "conv_kernel",
+        [10, 3, 3, 3, 3, 2, 2],
+        _positive_ints,
+        "a list of positive integers",
+    )
+    conv_stride = _setting(
+        config_path,
+        config,
+        "conv_stride",
+        [5, 2, 2, 2, 2, 2, 2],
+        _positive_ints,
+        "a list of positive integers",
+    )
+    if len(conv_kernel) != len(conv_stride):
+        raise CheckpointError(f'{config_path}: "conv_kernel" and "conv_stride" must have the same length')
     info = ModelInfo(
         vocab=vocab,
         blank_id=int(tokenizer.pad_token_id),
         word_delimiter=tokenizer.word_delimiter_token or "|",
         unk_token=tokenizer.unk_token,
-        sample_rate=int(pre.get("sampling_rate", 16000)),
-        do_normalize=bool(pre.get("do_normalize", True)),
+        sample_rate=_setting(
+            pre_path,
+            pre,
+            "sampling_rate",
+            16000,
+            lambda v: _is_int(v) and 1000 <= v <= 1_000_000,
+            "an integer (Hz)",
+        ),
+        do_normalize=_setting(
+            pre_path, pre, "do_normalize", True, lambda v: isinstance(v, bool), "true or false"
+        ),
         feat_extract_norm=feat_norm,
-        conv_kernel=[int(k) for k in config.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2])],
-        conv_stride=[int(s) for s in config.get("conv_stride", [5, 2, 2, 2, 2, 2, 2])],
+        conv_kernel=conv_kernel,
+        conv_stride=conv_stride,
         # Group-norm (base) models normalize over time inside the CNN: padding changes them, so no mask.
         uses_attention_mask=feat_norm == "layer",
     )
@@ -134,7 +333,12 @@ def load_model(ckpt: Checkpoint):
             use_safetensors=ckpt.safetensors,
             attn_implementation="eager",
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError)
+        if (
+            not isinstance(exc, OSError | ValueError | RuntimeError)
+            and type(exc).__name__ != "SafetensorError"
+        ):
+            raise
         raise CheckpointError(f"cannot load the model from {ckpt.folder}: {exc}") from exc
     if model.lm_head.out_features != len(ckpt.info.vocab):
         raise CheckpointError(

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xlsr_edge.bundle import BundleManifest, ModelInfo, atomic_folder, load_bundle, write_manifest
+from xlsr_edge.bundle import BundleManifest, ModelInfo, load_bundle, write_manifest
 from xlsr_edge.errors import ExportError, XlsrEdgeError
 from xlsr_edge.export.checkpoint import Checkpoint, inspect_checkpoint, load_model
 from xlsr_edge.export.onnx_export import export_onnx
 from xlsr_edge.export.parity import run_parity, verification_audio
-from xlsr_edge.export.pipeline import ExportOptions, library_versions
+from xlsr_edge.export.pipeline import ExportOptions, Stages, library_versions
+from xlsr_edge.outputs import BUNDLE, atomic_output, check_output
 from xlsr_edge.runtime.audio import load_audio, normalize
 from xlsr_edge.runtime.router import Head, HeadRunner, LanguageId, pool
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner
@@ -170,10 +171,12 @@ def export_multi(
     if len(specs) < 1:
         raise ExportError("--multi needs at least one LANG=CHECKPOINT")
     out = Path(out)
-    if out.exists() and not options.overwrite:
-        raise ExportError(f"output {out} already exists; pass --overwrite to replace it")
+    protect = [(f"the {lang} checkpoint", Path(p)) for lang, p in specs.items()]
+    check_output(out, BUNDLE, overwrite=options.overwrite, protect=protect)  # before any work
+    stage = Stages("export")
     ckpts = {lang: inspect_checkpoint(p, allow_pickle=options.allow_pickle) for lang, p in specs.items()}
     _check_shared_audio({lang: ck.info for lang, ck in ckpts.items()})
+    stage(f"loading {len(ckpts)} checkpoints ({', '.join(ckpts)})")
     models = {lang: load_model(ck) for lang, ck in ckpts.items()}
     hashes = {lang: backbone_hashes(m) for lang, m in models.items()}
     differ = compare_backbones(hashes)
@@ -186,7 +189,8 @@ def export_multi(
     first = next(iter(ckpts))
     info = ckpts[first].info
     audios = verification_audio(options.verify_audio, info.sample_rate) if options.verify else []
-    with atomic_folder(out, overwrite=options.overwrite) as tmp:
+    with atomic_output(out, BUNDLE, overwrite=options.overwrite, protect=protect) as tmp:
+        stage(f"exporting the backbone to ONNX (opset {options.opset})")
         facts = export_onnx(models[first], info, tmp / BACKBONE_ONNX, options.opset, backbone_only=True)
         backbone = OnnxRuntimeRunner(tmp / BACKBONE_ONNX).activate()
         parity = {}
@@ -194,6 +198,7 @@ def export_multi(
             head = _head(model)
             head.save(tmp / "heads" / f"{lang}.npz")
             if options.verify:
+                stage(f"parity gate for {lang} on {len(audios)} utterances")
                 report = run_parity(
                     model, HeadRunner(backbone, head), ckpts[lang].info, audios, options.thresholds
                 )
@@ -208,6 +213,7 @@ def export_multi(
             "languages": {lang: _language_entry(ck, lang) for lang, ck in ckpts.items()},
         }
         if lid is not None:
+            stage("language ID: backbone features of --lid-data")
             feats, labels = lid_features(backbone, info, lid.data)
             classifier, report = train_lid(feats, labels, lid)
             classifier.save(tmp / LID_FILE)
@@ -224,7 +230,9 @@ def export_multi(
             parity={"passed": True, "languages": parity} if options.verify else {"skipped": "--no-verify"},
             extra=extra,
         )
+        stage("writing bundle.json (hashing the files)")
         write_manifest(tmp, manifest)
+    stage(f"wrote {out}")
     return manifest
 
 
@@ -240,6 +248,9 @@ def add_language(
     import shutil
 
     bundle = Path(bundle)
+    protect = [("the checkpoint", Path(checkpoint))]
+    check_output(bundle, BUNDLE, overwrite=True, flag="BUNDLE", protect=protect)
+    stage = Stages("add-language")
     manifest = load_bundle(bundle)
     if manifest.extra.get("kind") != "multi":
         raise ExportError(f"{bundle} is a single-language bundle; export it with --multi first")
@@ -247,6 +258,7 @@ def add_language(
         raise ExportError(f"{bundle} already has language {lang}")
     ckpt = inspect_checkpoint(checkpoint, allow_pickle=options.allow_pickle)
     _check_shared_audio({"the bundle": manifest.model, lang: ckpt.info})
+    stage(f"loading checkpoint {ckpt.folder}")
     model = load_model(ckpt)
     digest = backbone_digest(backbone_hashes(model))
     if digest != manifest.extra["backbone_sha256"]:
@@ -259,13 +271,16 @@ def add_language(
         raise ExportError(
             f"the bundle routes by language ID: pass --lid-data with {lang} speech to retrain it"
         )
-    with atomic_folder(bundle, overwrite=True) as tmp:
+    # a copy of the bundle is changed and swapped in: a failure (or a kill) leaves the bundle as it was
+    with atomic_output(bundle, BUNDLE, overwrite=True, flag="BUNDLE", protect=protect) as tmp:
+        stage("copying the bundle")
         shutil.copytree(bundle, tmp, dirs_exist_ok=True)
         head = _head(model)
         head.save(tmp / "heads" / f"{lang}.npz")
         backbone = OnnxRuntimeRunner(tmp / manifest.graph).activate()
         if options.verify:
             audios = verification_audio(options.verify_audio, manifest.model.sample_rate)
+            stage(f"parity gate for {lang} on {len(audios)} utterances")
             report = run_parity(model, HeadRunner(backbone, head), ckpt.info, audios, options.thresholds)
             backbone.activate()
             if not report["passed"]:
@@ -276,6 +291,7 @@ def add_language(
         if lid_meta:
             with np.load(tmp / LID_FEATURES) as z:
                 old_feats, old_labels = z["features"], [str(s) for s in z["labels"]]
+            stage("language ID: backbone features of --lid-data")
             feats, labels = lid_features(backbone, manifest.model, {lang: lid_data})
             feats, labels = np.concatenate([old_feats, feats]), old_labels + labels
             auto = str(lid_meta.get("threshold_source", "")).startswith(("auto", "fallback"))
@@ -287,5 +303,7 @@ def add_language(
                 np.savez(f, features=feats, labels=np.array(labels))
             manifest.extra["lid"] = {**lid_meta, **report}
         backbone.deactivate()
+        stage("writing bundle.json (hashing the files)")
         write_manifest(tmp, manifest)
+    stage(f"wrote {bundle}")
     return manifest

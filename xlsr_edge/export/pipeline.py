@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlsr_edge import __version__
-from xlsr_edge.bundle import BundleManifest, atomic_folder, write_manifest
+from xlsr_edge.bundle import BundleManifest, write_manifest
 from xlsr_edge.constants import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -22,6 +24,7 @@ from xlsr_edge.export.checkpoint import inspect_checkpoint, load_model
 from xlsr_edge.export.cnn_matmul import channels_last_feature_encoder
 from xlsr_edge.export.onnx_export import export_onnx
 from xlsr_edge.export.parity import ParityThresholds, run_parity, verification_audio
+from xlsr_edge.outputs import BUNDLE, atomic_output, check_output
 from xlsr_edge.precision.convert import convert_precision, load_precision_inputs
 from xlsr_edge.precision.options import check_options, wants_channels_last_cnn
 
@@ -73,13 +76,33 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class Stages:
+    """One stderr line per stage of a long job, with the seconds elapsed since it started."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.started = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        _log(f"{self.what} [{time.monotonic() - self.started:6.1f} s] {msg}")
+
+
 def export_bundle(
-    checkpoint: str | Path, out: str | Path, options: ExportOptions = ExportOptions()
+    checkpoint: str | Path,
+    out: str | Path,
+    options: ExportOptions = ExportOptions(),
+    finish: Callable[[Path], object] | None = None,
 ) -> BundleManifest:
-    """Export a checkpoint folder to a verified bundle. Raises XlsrEdgeError; never leaves a partial bundle."""
+    """Export a checkpoint folder to a verified bundle. Raises XlsrEdgeError; never leaves a partial bundle.
+
+    `finish(folder)` runs on the complete bundle before it replaces `out` (the TensorRT engine is built there):
+    when it fails, whatever was at `out` before stays.
+    """
     out = Path(out)
-    if out.exists() and not options.overwrite:
-        raise ExportError(f"output {out} already exists; pass --overwrite to replace it")
+    protect = [("the checkpoint", Path(checkpoint))]
+    # before any work: never the checkpoint itself, never a folder of someone else's files
+    check_output(out, BUNDLE, overwrite=options.overwrite, protect=protect)
+    stage = Stages("export")
     ckpt = inspect_checkpoint(checkpoint, allow_pickle=options.allow_pickle)
     info = ckpt.info
     # read the gate's audio first: a bad --verify-audio should fail before minutes of export
@@ -87,15 +110,17 @@ def export_bundle(
     precision_inputs = None
     if options.precision != "fp32":  # likewise a bad --calibration manifest
         precision_inputs = load_precision_inputs(options, info)
-    _log(f"loading {ckpt.folder} ({len(info.vocab)} tokens, feat_extract_norm={info.feat_extract_norm})")
+    stage(
+        f"loading checkpoint {ckpt.folder} ({len(info.vocab)} tokens, feat_extract_norm={info.feat_extract_norm})"
+    )
     model = load_model(ckpt)
-    with atomic_folder(out, overwrite=options.overwrite) as tmp:
-        _log(f"exporting ONNX (opset {options.opset})")
+    with atomic_output(out, BUNDLE, overwrite=options.overwrite, protect=protect) as tmp:
+        stage(f"exporting ONNX (opset {options.opset})")
         with channels_last_feature_encoder(model) if wants_channels_last_cnn(options) else nullcontext():
             facts = export_onnx(model, info, tmp / MODEL_ONNX, options.opset)
         parity = None
         if options.verify:
-            _log(f"parity gate on {len(audios)} utterances")
+            stage(f"parity gate on {len(audios)} utterances")
             parity = run_parity(model, tmp / MODEL_ONNX, info, audios, options.thresholds)
             parity["audio_source"] = str(options.verify_audio or "shipped clips")
             if not parity["passed"]:
@@ -105,6 +130,7 @@ def export_bundle(
             # parity above checked the fp32 graph; now convert it and gate the result against it
             if parity is not None:
                 parity["graph"] = f"fp32 export, before conversion to {options.precision}"
+            stage(f"converting to {options.precision} (with its accuracy gate)")
             precision_report = convert_precision(tmp / MODEL_ONNX, tmp, info, options, precision_inputs)
         manifest = BundleManifest(
             model=info,
@@ -123,5 +149,9 @@ def export_bundle(
                 **({"precision_report": precision_report} if precision_report else {}),
             },
         )
+        stage("writing bundle.json (hashing the files)")
         write_manifest(tmp, manifest)
+        if finish is not None:
+            finish(tmp)
+    stage(f"wrote {out}")
     return manifest

@@ -779,21 +779,36 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(head) + "\n"
 
 
+def _results_kind():
+    from xlsr_edge.outputs import OutputKind, has_file
+
+    return OutputKind("bench results folder", "xlsr-edge bench", has_file("results.json"))
+
+
+def check_results_folder(folder: str | Path) -> Path:
+    """Refuse a -o folder that would lose someone's files, before the benchmark runs."""
+    from xlsr_edge.outputs import check_output
+
+    return check_output(folder, _results_kind(), overwrite=True, overwrite_flag=None)
+
+
 def write_results(results: Mapping[str, Any], folder: str | Path) -> list[Path]:
-    """results.json, results.md and results.png (audio-s/s per engine and configuration) in `folder`."""
+    """results.json, results.md and results.png (audio-s/s per engine and configuration) in `folder`: a new
+    folder swapped in whole, replacing earlier results (never a folder of other files)."""
+    from xlsr_edge.outputs import atomic_output
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    js = write_json(folder / "results.json", results)
-    md = folder / "results.md"
-    md.write_text(results_markdown(results), encoding="utf-8")
-    png = plot_bars(
-        results["rows"],
-        folder / "results.png",
-        value="audio_s_per_s",
-        group=lambda r: f"b{r['batch']} {r['seconds']:g}s",
-        series=lambda r: r["engine"],
-        panel=lambda r: f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}",
-        title="throughput (audio-seconds per second, higher is better)",
-        ylabel="audio-s / s",
-    )
-    return [js, md, png]
+    with atomic_output(folder, _results_kind(), overwrite=True, overwrite_flag=None) as tmp:
+        write_json(tmp / "results.json", results)
+        (tmp / "results.md").write_text(results_markdown(results), encoding="utf-8")
+        png = plot_bars(
+            results["rows"],
+            tmp / "results.png",
+            value="audio_s_per_s",
+            group=lambda r: f"b{r['batch']} {r['seconds']:g}s",
+            series=lambda r: r["engine"],
+            panel=lambda r: f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}",
+            title="throughput (audio-seconds per second, higher is better)",
+            ylabel="audio-s / s",
+        )
+    return [folder / "results.json", folder / "results.md", folder / Path(png).name]

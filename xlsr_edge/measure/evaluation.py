@@ -437,15 +437,34 @@ def report_markdown(result: EvalResult) -> str:
     return "\n".join(out) + "\n"
 
 
+REPORT_FILES = ("report.json", "report.md")
+
+
+def _report_output(folder: str | Path):
+    """`--report DIR` as an output: replaced as a whole, only when it holds nothing but report files."""
+    from xlsr_edge.outputs import OutputKind, atomic_output, only_files
+
+    kind = OutputKind("eval report", "xlsr-edge eval", only_files(REPORT_FILES))
+    return atomic_output(folder, kind, overwrite=True, flag="--report", overwrite_flag=None)
+
+
+def check_report_folder(folder: str | Path) -> Path:
+    """Refuse a --report folder that would lose someone's files, before the evaluation runs."""
+    from xlsr_edge.outputs import OutputKind, check_output, only_files
+
+    kind = OutputKind("eval report", "xlsr-edge eval", only_files(REPORT_FILES))
+    return check_output(folder, kind, overwrite=True, flag="--report", overwrite_flag=None)
+
+
 def write_report(result: EvalResult, folder: str | Path) -> list[Path]:
-    """Write report.json (summary, per-utterance rows, worst, confusions) and report.md into `folder`."""
+    """Write report.json (summary, per-utterance rows, worst, confusions) and report.md into `folder`: a new
+    folder swapped in whole, so an earlier report is replaced only when the new one is complete."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    js = folder / "report.json"
-    js.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    md = folder / "report.md"
-    md.write_text(report_markdown(result), encoding="utf-8")
-    return [js, md]
+    with _report_output(folder) as tmp:
+        text = json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n"
+        (tmp / "report.json").write_text(text, encoding="utf-8")
+        (tmp / "report.md").write_text(report_markdown(result), encoding="utf-8")
+    return [folder / name for name in REPORT_FILES]
 
 
 def progress_wanted() -> bool:

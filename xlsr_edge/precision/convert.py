@@ -145,7 +145,11 @@ def _mb(n: int | None) -> str:
 
 
 def format_report(r: dict[str, Any]) -> list[str]:
-    """bundle.json's extra["precision_report"] as `xlsr-edge inspect` lines (label column 14 wide)."""
+    """bundle.json's extra["precision_report"] as `xlsr-edge inspect` lines (label column 14 wide).
+
+    The gate lines say which graphs they compare (the converted graph against the fp32 export), so they are
+    not mistaken for the parity gate's figures (the fp32 export against PyTorch).
+    """
     out = []
     method = r.get("method") or {}
     ops = r.get("ops") or {}
@@ -175,16 +179,18 @@ def format_report(r: dict[str, Any]) -> list[str]:
     if g:
         st = g.get("set", {})
         verdict = "passed" if g.get("passed") else "FAILED"
+        conv = r.get("precision")
         if "cer_delta_points" in g:
             fig = (
-                f"CER {g['fp32']['cer']:.2%} -> {g['candidate']['cer']:.2%} ({g['cer_delta_points']:+.2f} pts, "
-                f"max {g['max_cer_delta']:g}), WER {g['fp32']['wer']:.2%} -> {g['candidate']['wer']:.2%}"
+                f"CER fp32 {g['fp32']['cer']:.2%} -> {conv} {g['candidate']['cer']:.2%} "
+                f"({g['cer_delta_points']:+.2f} pts, max {g['max_cer_delta']:g}), "
+                f"WER fp32 {g['fp32']['wer']:.2%} -> {conv} {g['candidate']['wer']:.2%}"
             )
         else:
             fig = f"no transcripts: frame agreement >= {g.get('min_agreement')}"
         out.append(f"{'gate':<13} {verdict}: {fig}")
         out.append(
-            f"{'':<13} frame argmax agreement {g.get('argmax_agreement', 0):.4f}, "
+            f"{'':<13} {conv} graph vs the fp32 graph: frame argmax agreement {g.get('argmax_agreement', 0):.4f}, "
             f"{g.get('transcripts_changed', '?')} transcripts changed, on {st.get('utterances')} utterances "
             f"({st.get('seconds', 0):.1f} s, sha256 {str(st.get('sha256'))[:16]}…"
             f"{', held out from calibration' if st.get('held_out_from_calibration') and cal else ''})"

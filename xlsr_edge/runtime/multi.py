@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from xlsr_edge.bundle import BundleManifest, ModelInfo
+from xlsr_edge.bundle import BundleManifest, ModelInfo, bundle_path
 from xlsr_edge.decoders import Decoded, Decoder, GreedyOptions, Vocabulary, make_decoder
 from xlsr_edge.errors import BundleError, XlsrEdgeError
 from xlsr_edge.runtime.recognizer import Recognizer, _Item
@@ -65,7 +65,20 @@ class MultiRecognizer(Recognizer):
             raise XlsrEdgeError(f"--language {language}: this bundle has {', '.join(langs)}")
         if isinstance(decoder, Decoder):
             raise XlsrEdgeError("a multi-language bundle needs decoder options (one decoder per language)")
-        heads = {lang: Head.load(folder / e["head"]) for lang, e in langs.items()}
+        heads = {}
+        for lang, e in langs.items():  # bundle.json was validated on load; the .npz files are checked here
+            field = f"extra.languages.{lang}.head"
+            head = heads[lang] = Head.load(bundle_path(folder, e["head"], field=field))
+            if head.weight.shape[0] != len(e["vocab"]):
+                raise BundleError(
+                    f"the {lang} head emits {head.weight.shape[0]} logits per frame but its vocabulary has "
+                    f"{len(e['vocab'])} tokens; re-export the bundle"
+                )
+        widths = {h.weight.shape[1] for h in heads.values()}
+        if len(widths) > 1:
+            raise BundleError(
+                f"the heads expect different hidden sizes {sorted(widths)}; re-export the bundle"
+            )
         decoders = {
             lang: make_decoder(
                 Vocabulary.from_model_info(language_info(manifest, lang)), decoder or GreedyOptions()
@@ -73,7 +86,18 @@ class MultiRecognizer(Recognizer):
             for lang in langs
         }
         lid_meta = manifest.extra.get("lid")
-        lid = LanguageId.load(folder / lid_meta["file"]) if lid_meta else None
+        lid = (
+            LanguageId.load(bundle_path(folder, lid_meta["file"], field="extra.lid.file"))
+            if lid_meta
+            else None
+        )
+        if lid is not None:
+            strangers = sorted(set(lid.languages) - set(langs))
+            if strangers or lid.weight.shape[1] != 2 * widths.pop():  # features: mean and std of hidden
+                raise BundleError(
+                    f"the language-ID model does not fit the heads ({', '.join(strangers) or 'feature size'}); "
+                    "re-export the bundle or re-run add-language"
+                )
         if lid is None and language is None and len(langs) > 1:
             raise BundleError("this bundle has no language-ID model: pass --language")
         policy = policy or (lid_meta or {}).get("policy", "all")
@@ -85,6 +109,14 @@ class MultiRecognizer(Recognizer):
         return cls(
             manifest, runner, heads, decoders, lid, language=language, threshold=threshold, policy=policy
         )
+
+    def _check_output(self, hidden: np.ndarray) -> None:
+        width = next(iter(self.heads.values())).weight.shape[1]
+        if hidden.shape[-1] != width:
+            raise BundleError(
+                f"the backbone graph emits {hidden.shape[-1]} values per frame but the heads expect {width}; "
+                "re-export the bundle"
+            )
 
     def close(self) -> None:
         self.runner.deactivate()

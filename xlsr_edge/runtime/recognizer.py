@@ -1,8 +1,13 @@
-"""Recognizer: a pipeline of small stages (load -> normalize -> window -> batch -> infer -> stitch -> decode)."""
+"""Recognizer: a pipeline of small stages (load -> normalize -> window -> batch -> infer -> stitch -> decode).
+
+Inputs run in groups, in order: a group closes when its windows fill GROUP_BATCHES batches, and a long file
+(streamed from disk, see runtime.audio.StreamedAudio) runs alone. Each group's transcripts are yielded as soon
+as it is decoded (`transcribe_iter`), so a caller can write them before the next input is even read.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,14 +15,23 @@ from typing import Any
 import numpy as np
 
 from xlsr_edge.bundle import BundleManifest, load_bundle
-from xlsr_edge.constants import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_CONTEXT_SECONDS, DEFAULT_CHUNK_SECONDS
+from xlsr_edge.constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_CONTEXT_SECONDS,
+    DEFAULT_CHUNK_SECONDS,
+    DEFAULT_MAX_SECONDS,
+)
 from xlsr_edge.decoders import Decoded, Decoder, GreedyOptions, Vocabulary, make_decoder
-from xlsr_edge.errors import AudioError, XlsrEdgeError
-from xlsr_edge.runtime.audio import load_audio, normalize, prepare_audio
+from xlsr_edge.errors import AudioError, BundleError, XlsrEdgeError
+from xlsr_edge.runtime.audio import AudioFile, StreamedAudio, check_duration, normalize, prepare_audio
 from xlsr_edge.runtime.batching import Window, bucket, pad_batch, plan_windows
 from xlsr_edge.runtime.runners import Runner, make_runner
 
 AudioInput = str | Path | np.ndarray
+
+# a group of inputs closes when its windows fill this many batches: enough to sort by length and keep padding
+# small, few enough that results come out (and memory is freed) every few batches
+GROUP_BATCHES = 4
 
 
 @dataclass
@@ -55,10 +69,13 @@ class TranscribeOptions:
     chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS
     context_seconds: float = DEFAULT_CHUNK_CONTEXT_SECONDS
     max_padding: float = 0.25
+    max_seconds: float | None = DEFAULT_MAX_SECONDS  # longer inputs get an error; None: no limit
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError("max seconds must be positive (None: no limit)")
         if self.chunk_seconds is not None and self.chunk_seconds <= 0:
             raise ValueError("chunk seconds must be positive")
         if self.context_seconds < 0:
@@ -70,7 +87,9 @@ class TranscribeOptions:
 @dataclass
 class _Item:
     name: str
-    samples: np.ndarray | None = None
+    samples: np.ndarray | None = None  # normalized, whole (arrays and files that fit in memory)
+    stream: StreamedAudio | None = None  # long files: read again window by window
+    num_samples: int = 0
     frames: int = 0
     error: str | None = None
     logits: np.ndarray | None = None  # hidden states for multi-language backbones
@@ -79,7 +98,8 @@ class _Item:
 
 
 class Recognizer:
-    """Bundle + runner + decoder. `transcribe` returns one Transcript per input, errors included, in order."""
+    """Bundle + runner + decoder. `transcribe_iter` yields one Transcript per input, errors included, in order,
+    as each group finishes; `transcribe` returns them as a list."""
 
     def __init__(self, manifest: BundleManifest, runner: Runner, decoder: Decoder) -> None:
         self.manifest = manifest
@@ -110,6 +130,7 @@ class Recognizer:
         answers language "unknown" (`"unknown"`).
         """
         folder = Path(path)
+        # validates bundle.json and refuses every path it names that leads outside the folder (graph included)
         manifest = load_bundle(folder, verify=verify)
         kwargs = dict(runner_kwargs)
         if backend == "onnxruntime":
@@ -133,6 +154,15 @@ class Recognizer:
             decoder = make_decoder(Vocabulary.from_model_info(manifest.model), decoder or GreedyOptions())
         return cls(manifest, runner, decoder)
 
+    def _check_output(self, logits: np.ndarray) -> None:
+        """The graph's logit width must be the bundle's vocabulary (else decoding fails or reads wrong tokens)."""
+        if logits.ndim != 3 or logits.shape[-1] != len(self.info.vocab):
+            width = logits.shape[-1] if logits.ndim else 0
+            raise BundleError(
+                f"bundle vocabulary has {len(self.info.vocab)} tokens but the graph emits {width} logits per frame; "
+                "bundle.json does not belong to this graph: re-export the bundle"
+            )
+
     def close(self) -> None:
         self.runner.deactivate()
         self.decoder.close()
@@ -143,26 +173,67 @@ class Recognizer:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def stream(self, options=None):
+        """A live Stream (xlsr_edge.runtime.stream): accept(packet) -> Partial/Final events, close()."""
+        from xlsr_edge.runtime.stream import Stream
+
+        return Stream(self, options)
+
     # -- stages ---------------------------------------------------------------------------------------------
 
-    def load(self, source: AudioInput, index: int, sample_rate: int | None = None) -> _Item:
-        """Stage 1+2: read/resample and normalize; an unusable input becomes an item with an error."""
+    def load(
+        self,
+        source: AudioInput,
+        index: int,
+        sample_rate: int | None = None,
+        max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    ) -> _Item:
+        """Stage 1+2: read/resample and normalize (a file too long to hold is measured in a first pass over its
+        stream, then read again window by window); an unusable input becomes an item with an error."""
+        item = self._open(source, index, sample_rate, max_seconds)
+        return self._scan(item) if item.stream is not None else item
+
+    def _open(
+        self, source: AudioInput, index: int, sample_rate: int | None, max_seconds: float | None
+    ) -> _Item:
+        """Arrays and files that fit in memory are read whole; a longer file only has its header checked."""
         rate = self.info.sample_rate
         name = str(source) if not isinstance(source, np.ndarray) else f"<array {index}>"
         try:
             if isinstance(source, np.ndarray):
-                x = prepare_audio(source, sample_rate or rate, rate, name=name)
+                source_rate = sample_rate or rate
+                if np.ndim(source) and source_rate > 0:  # before resampling: a week of audio takes a while
+                    check_duration(name, np.shape(source)[0] / source_rate, max_seconds)
+                x = prepare_audio(source, source_rate, rate, name=name)
             else:
-                x = load_audio(source, rate)
-            frames = self.info.frames_for(len(x))
-            if frames == 0:
-                raise AudioError(
-                    f"{name}: {len(x) / rate:.3f} s is shorter than one frame "
-                    f"({self.info.receptive_field_samples / rate:.3f} s)"
-                )
-            return _Item(name, normalize(x, self.info.do_normalize), frames)
+                audio = AudioFile.open(source, rate, max_seconds=max_seconds)
+                if not audio.fits_in_memory:
+                    return _Item(name, stream=StreamedAudio(audio, self.info.do_normalize))
+                x = audio.read()
+            frames = self._frames(name, len(x))
+            return _Item(name, normalize(x, self.info.do_normalize), num_samples=len(x), frames=frames)
         except XlsrEdgeError as exc:
             return _Item(name, error=str(exc))
+
+    def _scan(self, item: _Item) -> _Item:
+        """The first pass over a streamed file: its length and normalization statistics."""
+        try:
+            item.num_samples = item.stream.scan()
+            item.frames = self._frames(item.name, item.num_samples)
+        except XlsrEdgeError as exc:
+            item.stream.close()
+            item.stream, item.error = None, str(exc)
+        return item
+
+    def _frames(self, name: str, num_samples: int) -> int:
+        frames = self.info.frames_for(num_samples)
+        if frames == 0:
+            rate = self.info.sample_rate
+            raise AudioError(
+                f"{name}: {num_samples / rate:.3f} s is shorter than one frame "
+                f"({self.info.receptive_field_samples / rate:.3f} s)"
+            )
+        return frames
 
     def windows(self, items: list[_Item], options: TranscribeOptions) -> list[Window]:
         """Stage 3: split long inputs into overlapping windows aligned to frames."""
@@ -176,11 +247,11 @@ class Recognizer:
             chunk = room - 2 * context if chunk is None else min(chunk, room - 2 * context)
         out: list[Window] = []
         for i, it in enumerate(items):
-            if it.samples is None:
+            if it.samples is None and it.stream is None:
                 continue
             out += plan_windows(
                 i,
-                len(it.samples),
+                it.num_samples,
                 stride=self.info.frame_stride_samples,
                 receptive_field=self.info.receptive_field_samples,
                 total_frames=it.frames,
@@ -192,21 +263,29 @@ class Recognizer:
     def infer(
         self, items: list[_Item], windows: list[Window], options: TranscribeOptions, progress=None
     ) -> None:
-        """Stage 4+5: bucket windows into batches, run the graph, stitch kept frames back per item."""
+        """Stage 4+5: bucket windows into batches, run the graph, stitch kept frames back per item.
+
+        Windows are read in order, GROUP_BATCHES batches' worth at a time (a streamed file front to back), and
+        bucketed by length within that span."""
         pieces: dict[int, list[tuple[int, np.ndarray]]] = {}
         # models without an attention mask must never see padding: batch equal lengths only
         max_padding = options.max_padding if self.info.uses_attention_mask else 0.0
         stride = self.info.frame_stride_samples
         batch_size = min(options.batch_size, self.runner.max_batch or options.batch_size)
-        for batch in bucket([w.num_samples for w in windows], batch_size, max_padding):
-            ws = [windows[j] for j in batch]
-            values, mask = pad_batch([items[w.item].samples[w.start : w.end] for w in ws])
-            logits, lengths = self.runner.infer(values, mask)
-            for w, lg, n in zip(ws, logits, lengths):
-                keep_to = min(w.keep_to, int(n))
-                pieces.setdefault(w.item, []).append((w.first_frame(stride), lg[w.keep_from : keep_to]))
-            if progress is not None:
-                progress.update(sum(w.num_samples for w in ws) / self.info.sample_rate)
+        span = batch_size * GROUP_BATCHES
+        for first in range(0, len(windows), span):
+            part = windows[first : first + span]
+            samples = [self._window_samples(items[w.item], w) for w in part]
+            for batch in bucket([len(x) for x in samples], batch_size, max_padding):
+                ws = [part[j] for j in batch]
+                values, mask = pad_batch([samples[j] for j in batch])
+                logits, lengths = self.runner.infer(values, mask)
+                self._check_output(logits)
+                for w, lg, n in zip(ws, logits, lengths):
+                    keep_to = min(w.keep_to, int(n))
+                    pieces.setdefault(w.item, []).append((w.first_frame(stride), lg[w.keep_from : keep_to]))
+                if progress is not None:
+                    progress.update(sum(w.num_samples for w in ws) / self.info.sample_rate)
         for i, parts in pieces.items():
             parts.sort(key=lambda p: p[0])
             items[i].logits = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
@@ -231,7 +310,81 @@ class Recognizer:
                 out[i] = d
         return out
 
+    def _window_samples(self, item: _Item, w: Window) -> np.ndarray:
+        if item.samples is not None:
+            return item.samples[w.start : w.end]
+        return item.stream.window(w.start, w.end)
+
+    def _run(self, items: list[_Item], options: TranscribeOptions, progress=None) -> list[_Item]:
+        """Windows and inference for one group; the audio is let go once its logits are there."""
+        try:
+            self.infer(items, self.windows(items, options), options, progress)
+        except AudioError as exc:  # only a streamed file reads audio here, and it runs alone
+            if len(items) != 1 or items[0].stream is None:
+                raise
+            items[0].error, items[0].logits = str(exc), None
+        finally:
+            for it in items:
+                if it.stream is not None:
+                    it.stream.close()
+                it.samples = it.stream = None
+        return items
+
+    def _groups(
+        self,
+        inputs: Sequence[AudioInput],
+        options: TranscribeOptions,
+        sample_rate: int | None = None,
+        progress=None,
+    ) -> Iterator[list[_Item]]:
+        """Load inputs in order and run them in groups (see the module docstring), each yielded when done."""
+        span = options.batch_size * GROUP_BATCHES
+        pending: list[_Item] = []
+        windows = 0
+        for i, src in enumerate(inputs):
+            item = self._open(src, i, sample_rate, options.max_seconds)
+            if item.stream is not None:  # a long file runs alone, read from disk window by window
+                if pending:  # finish what came before it first: its two passes over the file take a while
+                    yield self._run(pending, options, progress)
+                    pending, windows = [], 0
+                yield self._run([self._scan(item)], options, progress)
+                continue
+            pending.append(item)
+            if item.error is None:
+                windows += len(self.windows([item], options))
+            if windows >= span or windows == 0:  # full, or only errors: nothing to wait for
+                yield self._run(pending, options, progress)
+                pending, windows = [], 0
+        if pending:
+            yield self._run(pending, options, progress)
+
     # -- public -----------------------------------------------------------------------------------------------
+
+    def transcribe_iter(
+        self,
+        inputs: Sequence[AudioInput] | AudioInput,
+        options: TranscribeOptions | None = None,
+        *,
+        sample_rate: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[Transcript]:
+        """One Transcript per input, errors included, in input order; each is yielded as soon as its group is
+        decoded, before later inputs are read, so a crash or a kill later on loses nothing already yielded."""
+        if isinstance(inputs, str | Path | np.ndarray):
+            inputs = [inputs]
+        options = options or TranscribeOptions()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(unit="audio-s", desc="transcribe", leave=False)
+        try:
+            for group in self._groups(inputs, options, sample_rate, bar):
+                for it, d in zip(group, self.decode(group)):
+                    yield self._format(it, d)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def transcribe(
         self,
@@ -241,32 +394,15 @@ class Recognizer:
         sample_rate: int | None = None,
         progress: bool = False,
     ) -> list[Transcript]:
-        if isinstance(inputs, str | Path | np.ndarray):
-            inputs = [inputs]
-        options = options or TranscribeOptions()
-        items = [self.load(src, i, sample_rate) for i, src in enumerate(inputs)]
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            total = sum(len(it.samples) for it in items if it.samples is not None) / self.info.sample_rate
-            bar = tqdm(total=round(total, 1), unit="audio-s", desc="transcribe", leave=False)
-        try:
-            self.infer(items, self.windows(items, options), options, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        decoded = self.decode(items)
-        return [self._format(it, d) for it, d in zip(items, decoded)]
+        """`transcribe_iter` as a list."""
+        return list(self.transcribe_iter(inputs, options, sample_rate=sample_rate, progress=progress))
 
     def logits(
         self, inputs: Sequence[AudioInput], options: TranscribeOptions | None = None
     ) -> list[np.ndarray | None]:
         """Stitched logits per input (None where the input failed): for gates and evaluation."""
         options = options or TranscribeOptions()
-        items = [self.load(src, i) for i, src in enumerate(inputs)]
-        self.infer(items, self.windows(items, options), options)
-        return [it.logits for it in items]
+        return [it.logits for group in self._groups(inputs, options) for it in group]
 
     def _format(self, item: _Item, decoded: Decoded | None) -> Transcript:
         if item.error is not None or decoded is None:
@@ -277,7 +413,7 @@ class Recognizer:
             words=[
                 {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in decoded.words
             ],
-            duration=len(item.samples) / self.info.sample_rate,
+            duration=item.num_samples / self.info.sample_rate,
             decoder=self.decoder.name,
             language=item.language,
             language_confidence=item.language_confidence,

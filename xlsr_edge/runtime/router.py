@@ -11,7 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
+from xlsr_edge.errors import BundleError
 from xlsr_edge.runtime.runners import Runner
+
+
+def _arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz file of the bundle; BundleError naming the file when it is not one.
+
+    `path` comes from xlsr_edge.bundle.bundle_path (inside the bundle); pickled objects are never loaded.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {n: np.asarray(z[n]) for n in names}
+    except Exception as exc:  # zipfile, OSError, ValueError (pickle), KeyError (missing array)
+        raise BundleError(f"cannot read {path.name} of the bundle ({exc}); re-export the bundle") from exc
 
 
 @dataclass(frozen=True)
@@ -24,8 +37,13 @@ class Head:
 
     @classmethod
     def load(cls, path: Path) -> Head:
-        with np.load(path) as z:
-            return cls(z["weight"].astype(np.float32), z["bias"].astype(np.float32))
+        z = _arrays(Path(path), ("weight", "bias"))
+        w, b = z["weight"], z["bias"]
+        if w.ndim != 2 or b.shape != w.shape[:1] or w.dtype.kind != "f" or b.dtype.kind != "f":
+            raise BundleError(
+                f"{Path(path).name} is not a CTC head: weight {w.dtype}{list(w.shape)}, bias {b.dtype}{list(b.shape)}"
+            )
+        return cls(w.astype(np.float32), b.astype(np.float32))
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,5 +150,16 @@ class LanguageId:
 
     @classmethod
     def load(cls, path: Path) -> LanguageId:
-        with np.load(path) as z:
-            return cls(tuple(str(s) for s in z["languages"]), z["weight"], z["bias"], z["mean"], z["scale"])
+        z = _arrays(Path(path), ("languages", "weight", "bias", "mean", "scale"))
+        langs, w = z["languages"], z["weight"]
+        n = len(langs) if langs.ndim == 1 else -1
+        if not (
+            langs.dtype.kind == "U"
+            and w.ndim == 2
+            and w.shape[0] == n
+            and z["bias"].shape == (n,)
+            and z["mean"].shape == z["scale"].shape == w.shape[1:]
+            and all(z[k].dtype.kind == "f" for k in ("weight", "bias", "mean", "scale"))
+        ):
+            raise BundleError(f"{Path(path).name} is not a language-ID model: its arrays do not fit together")
+        return cls(tuple(str(s) for s in langs), w, z["bias"], z["mean"], z["scale"])

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 from packaging.version import Version
 
-from xlsr_edge.bundle import BundleManifest, ModelInfo, read_manifest, sha256_file, write_manifest
+from xlsr_edge.bundle import (
+    BundleManifest,
+    ModelInfo,
+    bundle_path,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from xlsr_edge.constants import ATTENTION_MASK, INPUT_VALUES, OUTPUT_LENGTHS, OUTPUT_LOGITS
 from xlsr_edge.errors import BundleError, MissingDependencyError, XlsrEdgeError
 from xlsr_edge.runtime.runners import Runner, register_backend
@@ -213,7 +220,7 @@ def build_engine(bundle: Path, options: BuildOptions, device: DeviceInfo | None 
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, trt.__version__))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(bundle / manifest.graph)):
+    if not parser.parse_from_file(str(bundle_path(bundle, manifest.graph, field="graph"))):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise XlsrEdgeError(f"TensorRT cannot parse {manifest.graph}: {errors}")
     config = builder.create_builder_config()
@@ -243,6 +250,7 @@ def build_engine(bundle: Path, options: BuildOptions, device: DeviceInfo | None 
         )
     seconds = time.perf_counter() - t0
     tmp = bundle / f".{ENGINE_FILE}.tmp"
+    tmp.unlink(missing_ok=True)  # never write through a symlink someone left in the bundle
     tmp.write_bytes(bytes(serialized))
     if options.timing_cache:
         options.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -295,7 +303,7 @@ class TensorRTRunner(Runner):
 
     def _activate(self) -> None:
         sidecar = check_engine(self.manifest, self._device())  # refuse before touching the GPU
-        path = self.bundle / sidecar["file"]
+        path = bundle_path(self.bundle, sidecar["file"], field="extra.engine.file")
         if sha256_file(path) != sidecar["sha256"]:
             raise BundleError(
                 f"{path} does not match its sha256 in bundle.json; rebuild with `xlsr-edge build-engine`"

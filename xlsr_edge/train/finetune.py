@@ -26,8 +26,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ import numpy as np
 from xlsr_edge.errors import XlsrEdgeError, require
 from xlsr_edge.export.tiny import TINY
 from xlsr_edge.measure.metrics import error_rates
+from xlsr_edge.outputs import OutputKind, atomic_output, check_output, has_file, interrupts_raise, swap_in
 from xlsr_edge.train.augment import NoiseAugmenter
 from xlsr_edge.train.data import (
     Example,
@@ -54,6 +59,8 @@ STATE_FILE = "trainer_state.pt"
 LOG_FILE = "train_log.jsonl"
 ARGS_FILE = "finetune_args.json"
 RESULT_FILE = "train_result.json"
+# written when a run starts: a folder with it is this command's output (resumable, or finished)
+FINETUNE_OUTPUT = OutputKind("fine-tuning output", "xlsr-edge finetune", has_file(ARGS_FILE))
 
 _XLSR_LAYOUT = dict(
     conv_kernel=(10, 3, 3, 3, 3, 2, 2),
@@ -114,6 +121,7 @@ class FinetuneOptions:
     eval_every: int = 0  # steps; 0: at the end of every epoch
     dev_max: int = 200  # utterances scored during training (the final score uses all of dev)
     save_every: int = 200
+    log_every: int = 50  # steps between progress lines on stderr when it is not a terminal (no progress bar)
     resume: bool = False
     overwrite: bool = False
     allow_pickle: bool = False
@@ -130,6 +138,8 @@ class FinetuneOptions:
             raise XlsrEdgeError("--lr must be positive")
         if not 0 <= self.warmup_ratio < 1:
             raise XlsrEdgeError("--warmup-ratio must be in [0, 1)")
+        if self.log_every < 0:
+            raise XlsrEdgeError("--log-every must be >= 0 (0: no progress lines)")
 
 
 @dataclass(frozen=True)
@@ -422,24 +432,33 @@ def spread(examples: list[Example], n: int) -> list[Example]:
 
 
 def save_state(model, optimizer, scheduler, step: int, vocab: CtcVocab, front: FrontEnd, out: Path) -> None:
-    """OUT/last/: weights + tokenizer (a loadable checkpoint) and the optimizer/scheduler state at `step`."""
+    """OUT/last/: weights + tokenizer (a loadable checkpoint) and the optimizer/scheduler state at `step`.
+
+    Written next to it and swapped in: a kill at any moment leaves the previous or the new state for --resume.
+    """
     torch = _torch()
     folder = out / STATE_DIR
     tmp = out / f".{STATE_DIR}.tmp"
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     save_checkpoint(model, vocab, front, tmp)
     torch.save(
         {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
         tmp / STATE_FILE,
     )
-    if folder.exists():
-        import shutil
+    swap_in(tmp, folder)
 
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+
+def save_final(model, vocab: CtcVocab, front: FrontEnd, out: Path) -> None:
+    """The finished checkpoint in OUT/: saved aside, then each file renamed over its old version (never a
+    half-written model.safetensors; OUT/last/ stays for --resume whatever happens)."""
+    staging = out / ".final.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    save_checkpoint(model, vocab, front, staging)
+    for f in sorted(staging.iterdir()):
+        os.replace(f, out / f.name)
+    staging.rmdir()
 
 
 def load_state(out: Path) -> dict:
@@ -494,41 +513,69 @@ def _json_options(options: FinetuneOptions) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
 
 
+def _has_state(work: Path, exc: BaseException) -> bool:
+    """An interrupted run that saved its state replaces the old output anyway: it is what --resume continues."""
+    return isinstance(exc, KeyboardInterrupt) and (work / STATE_DIR / STATE_FILE).is_file()
+
+
 def finetune(options: FinetuneOptions, *, stop_after: int | None = None) -> FinetuneResult:
-    """Run the recipe. `stop_after` ends the run after that many steps as an interruption would (tests)."""
+    """Run the recipe. `stop_after` ends the run after that many steps as an interruption would (tests).
+
+    -o is written in place when it is new (or empty) or resumed, so a killed run can be resumed. With
+    --overwrite, an earlier run stays at -o until the new one finishes or is interrupted with its state saved
+    (Ctrl-C, SIGTERM); a kill -9 before that loses only the new run's temp folder, which the next run removes.
+    """
+    out = Path(options.out)
+    init = Path(options.init)
+    protect = [("--init", init)] if init.exists() else []
+    resuming = options.resume and (out / STATE_DIR / STATE_FILE).is_file()
+    # before any work: never the --init checkpoint, never a folder of someone else's files
+    check_output(out, FINETUNE_OUTPUT, overwrite=True, protect=protect)
+    replacing = not resuming and out.is_dir() and any(out.iterdir())
+    if replacing and not options.overwrite:
+        raise XlsrEdgeError(
+            f"output {out} already exists; pass --resume to continue it or --overwrite to replace it"
+        )
+    if options.resume and not resuming:
+        _log(f"--resume: no saved state in {out / STATE_DIR}; starting from the beginning")
+    if replacing:
+        work = atomic_output(out, FINETUNE_OUTPUT, overwrite=True, protect=protect, commit_if=_has_state)
+    else:
+        work = _in_place(out)
+    with work as folder:
+        return _finetune(options, out, folder, resuming, stop_after)
+
+
+@contextmanager
+def _in_place(out: Path) -> Iterator[Path]:
+    with interrupts_raise():  # SIGTERM/SIGHUP save the state like Ctrl-C does
+        yield out
+
+
+def _finetune(
+    options: FinetuneOptions, out: Path, work: Path, resuming: bool, stop_after: int | None
+) -> FinetuneResult:
     torch = _torch()
     transformers = _transformers()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     if options.threads:
         torch.set_num_threads(options.threads)
-    out = Path(options.out)
-    resuming = options.resume and (out / STATE_DIR / STATE_FILE).is_file()
-    if options.resume and not resuming:
-        _log(f"--resume: no saved state in {out / STATE_DIR}; starting from the beginning")
-    if not resuming and out.exists() and any(out.iterdir()) and not options.overwrite:
-        raise XlsrEdgeError(
-            f"output {out} already exists; pass --resume to continue it or --overwrite to replace it"
-        )
     data = load_data(options, resuming)
     vocab = data.vocab
 
     if resuming:
-        state_dir = out / STATE_DIR
+        state_dir = work / STATE_DIR
         model = transformers.Wav2Vec2ForCTC.from_pretrained(
             str(state_dir), local_files_only=True, dtype=torch.float32
         )
         front = read_front_end(state_dir, model.config)
-        pretrained = json.loads((out / ARGS_FILE).read_text(encoding="utf-8")).get("pretrained_body", True)
+        pretrained = json.loads((work / ARGS_FILE).read_text(encoding="utf-8")).get("pretrained_body", True)
         if model.lm_head.out_features != len(vocab):
             raise XlsrEdgeError(
                 f"{state_dir} has {model.lm_head.out_features} outputs but the vocabulary {len(vocab)}"
             )
     else:
-        if out.exists() and options.overwrite:
-            import shutil
-
-            shutil.rmtree(out)
         model, front, pretrained = build_model(
             options.init,
             vocab,
@@ -556,12 +603,12 @@ def finetune(options: FinetuneOptions, *, stop_after: int | None = None) -> Fine
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
     step = 0
     if resuming:
-        state = load_state(out)
+        state = load_state(work)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         _log(f"resuming {out} from step {step} of {total}")
-    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     if not resuming:
         args = _json_options(options) | {
@@ -576,15 +623,15 @@ def finetune(options: FinetuneOptions, *, stop_after: int | None = None) -> Fine
             "steps_per_epoch": per_epoch,
             "total_steps": total,
         }
-        (out / ARGS_FILE).write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (work / ARGS_FILE).write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
         # a resumed run may extend the schedule (more --epochs): record every session's plan
-        args = json.loads((out / ARGS_FILE).read_text(encoding="utf-8"))
+        args = json.loads((work / ARGS_FILE).read_text(encoding="utf-8"))
         args.setdefault("resumed", []).append(
             {"at_step": step, "epochs": options.epochs, "max_steps": options.max_steps, "total_steps": total}
         )
         args["total_steps"] = total
-        (out / ARGS_FILE).write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (work / ARGS_FILE).write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     _log(
         f"finetune: {n_params / 1e6:.2f} M parameters, {len(vocab)} tokens, feature encoder "
         f"{'frozen' if freeze else 'trained'}{' (whole body frozen: --heads-only)' if options.heads_only else ''}, "
@@ -607,12 +654,14 @@ def finetune(options: FinetuneOptions, *, stop_after: int | None = None) -> Fine
         total,
         per_epoch,
         stop_after,
+        work,
     )
+    result.out = out
     if result.finished:
         model.eval()
         result.dev = evaluate(model, data.dev, vocab, front, options.language)
-        save_checkpoint(model, vocab, front, out)
-        _write_result(out, result, options)
+        save_final(model, vocab, front, work)
+        _write_result(work, result, options)
         _log(f"wrote {out}: dev CER {result.dev['cer']:.4f} WER {result.dev['wer']:.4f}")
     return result
 
@@ -632,16 +681,33 @@ def _write_result(out: Path, result: FinetuneResult, options: FinetuneOptions) -
     (out / RESULT_FILE).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def _eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def _loop(
-    model, optimizer, scheduler, data, front, augment, dev_small, options, step, total, per_epoch, stop_after
+    model,
+    optimizer,
+    scheduler,
+    data,
+    front,
+    augment,
+    dev_small,
+    options,
+    step,
+    total,
+    per_epoch,
+    stop_after,
+    out: Path,
 ):
     """The training loop proper: epochs of deterministic batches, eval, periodic state saves."""
     torch = _torch()
     from tqdm import tqdm
 
-    out = Path(options.out)
     vocab = data.vocab
     started = time.monotonic()
+    first_step = step
     log = (out / LOG_FILE).open("a", encoding="utf-8")
     bar = tqdm(total=total, initial=step, unit="step", desc="finetune", disable=not options.progress)
     ema = None
@@ -687,6 +753,19 @@ def _loop(
                     refresh=False,
                 )
                 bar.update(1)
+                if (
+                    not options.progress
+                    and options.log_every
+                    and (step % options.log_every == 0 or step == total)
+                ):
+                    # no progress bar (stderr is a file or a pipe): one line every --log-every steps instead
+                    rate = (step - first_step) / max(time.monotonic() - started, 1e-9)
+                    cer = f", dev CER {last_eval['cer']:.4f}" if last_eval else ""
+                    loss_text = f"{ema:.4f}" if ema is not None else "nan"
+                    _log(
+                        f"step {step}/{total}: loss {loss_text}{cer}, {rate:.2f} steps/s, "
+                        f"ETA {_eta((total - step) / rate) if rate > 0 else '?'}"
+                    )
                 if (options.save_every and step % options.save_every == 0) or end_of_epoch or step == total:
                     save_state(model, optimizer, scheduler, step, vocab, front, out)
                 if stop_after is not None and step >= stop_after and step < total:

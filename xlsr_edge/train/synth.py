@@ -40,11 +40,14 @@ from pathlib import Path
 import numpy as np
 
 from xlsr_edge.errors import XlsrEdgeError
+from xlsr_edge.outputs import OutputKind, atomic_output, check_output, has_file
 from xlsr_edge.text import normalize_text
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
 HOLDOUT_SPLIT = "test_voice"
+INFO_FILE = "synth.json"  # written last: a folder with it is a corpus this command wrote
+CORPUS = OutputKind("speech corpus", "xlsr-edge synth", has_file(INFO_FILE))
 
 # Letters of the alphabet a transcript may use, per language (after normalize_text).
 ALPHABETS = {
@@ -318,8 +321,8 @@ def build_corpus(options: SynthOptions) -> SynthReport:
     """Synthesize the corpus into ``options.out`` (written atomically: a failure leaves nothing behind)."""
     from tqdm import tqdm
 
-    from xlsr_edge.bundle import atomic_folder
-
+    out = Path(options.out)
+    check_output(out, CORPUS, overwrite=options.overwrite)  # before any work; never someone else's folder
     exe = espeak_binary()
     voices = list(options.voices) or default_voices(options.language)
     if options.holdout_voice:
@@ -329,16 +332,15 @@ def build_corpus(options: SynthOptions) -> SynthReport:
     for v in voices + ([options.holdout_voice] if options.holdout_voice else []):
         check_voice(v, exe)
     words, freqs, source = load_words(options.language, options.top_words)
-    out = Path(options.out)
-    if out.exists() and any(out.iterdir()) and not options.overwrite:
-        raise XlsrEdgeError(f"output {out} already exists and is not empty; pass --overwrite to replace it")
     target = options.hours * 3600.0
     report = SynthReport(out=out, word_source=source)
     lines: dict[str, list[str]] = {s: [] for s in (*SPLITS, HOLDOUT_SPLIT)}
     seconds = {s: 0.0 for s in lines}
     batch_size = 16 * options.jobs
-    with atomic_folder(out, overwrite=True) as tmp, ThreadPoolExecutor(options.jobs) as pool:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a corpus is ordinary data
+    with (
+        atomic_output(out, CORPUS, overwrite=options.overwrite) as tmp,
+        ThreadPoolExecutor(options.jobs) as pool,
+    ):
         (tmp / "audio").mkdir()
         bar = tqdm(total=round(target), unit="s", desc="synth", disable=not options.progress)
         stream = plan_stream(options, words, freqs, voices)
@@ -388,9 +390,7 @@ def build_corpus(options: SynthOptions) -> SynthReport:
         }
         for key in ("progress", "out", "overwrite", "jobs"):  # do not change the corpus
             info["options"].pop(key, None)
-        (tmp / "synth.json").write_text(
-            json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 
 
