@@ -231,9 +231,18 @@ BAD_FIELDS = [
     (lambda m: "bundle", "must hold a JSON object, found the string"),
     (_set("files", None), '"files" must be an object of path -> sha256, found null'),
     (_set("files", {"model.onnx": "abc"}), '"files.model.onnx" must be a sha256'),
-    (_set("sample_rate", "16000"), '"sample_rate" must be an integer between 1000 and 1000000, found the string "16000"'),
-    (_set("sample_rate", 10**40), '"sample_rate" must be an integer between 1000 and 1000000, found a 41-digit integer'),
-    (_set("sample_rate", float("nan")), '"sample_rate" must be an integer between 1000 and 1000000, found NaN'),
+    (
+        _set("sample_rate", "16000"),
+        '"sample_rate" must be an integer between 1000 and 1000000, found the string "16000"',
+    ),
+    (
+        _set("sample_rate", 10**40),
+        '"sample_rate" must be an integer between 1000 and 1000000, found a 41-digit integer',
+    ),
+    (
+        _set("sample_rate", float("nan")),
+        '"sample_rate" must be an integer between 1000 and 1000000, found NaN',
+    ),
     (_set("sample_rate", 16000.0), "found the number 16000.0"),
     (_set("vocab", "abc"), '"vocab" must be a non-empty list of strings, found the string "abc"'),
     (_set("vocab", []), '"vocab" must be a non-empty list of strings, found an empty list'),
@@ -241,7 +250,10 @@ BAD_FIELDS = [
     (_set("blank_id", 36), '"blank_id" must be an integer between 0 and 35, found the integer 36'),
     (_set("blank_id", -1), '"blank_id" must be an integer between 0 and 35, found the integer -1'),
     (_set("blank_id", True), '"blank_id" must be an integer between 0 and 35, found true'),
-    (_set("conv_kernel", [10, 3, 3]), '"conv_kernel" and "conv_stride" must have the same length, found 3 and 7'),
+    (
+        _set("conv_kernel", [10, 3, 3]),
+        '"conv_kernel" and "conv_stride" must have the same length, found 3 and 7',
+    ),
     (_set("conv_stride", [5, 2, 2, 2, 2, 2, 0]), '"conv_stride[6]" must be an integer between 1 and 4096'),
     (_set("conv_stride", [4096] * 7), '"conv_kernel" and "conv_stride" give frames of'),
     (_set("do_normalize", "true"), '"do_normalize" must be true or false, found the string "true"'),
@@ -259,9 +271,18 @@ BAD_FIELDS = [
     (_drop("sample_rate"), '"sample_rate" is missing'),
     (_drop("schema_version"), '"schema_version" is missing'),
     (_set("extra", {"kind": "multi"}), '"extra.languages" is missing'),
-    (_set("extra", {"kind": "multi", "languages": {"tr": {"vocab": ["a"], "blank_id": 1}}}), '"extra.languages.tr.blank_id"'),
-    (_set("extra", {"engine": {"file": "engine.plan", "sha256": None}}), '"extra.engine.sha256" must be a sha256'),
-    (_set("extra", {"engine": {"file": "e", "sha256": "0" * 64, "profile": {"shapes": {"max": [4]}}}}), '"extra.engine.profile.shapes.max"'),
+    (
+        _set("extra", {"kind": "multi", "languages": {"tr": {"vocab": ["a"], "blank_id": 1}}}),
+        '"extra.languages.tr.blank_id"',
+    ),
+    (
+        _set("extra", {"engine": {"file": "engine.plan", "sha256": None}}),
+        '"extra.engine.sha256" must be a sha256',
+    ),
+    (
+        _set("extra", {"engine": {"file": "e", "sha256": "0" * 64, "profile": {"shapes": {"max": [4]}}}}),
+        '"extra.engine.profile.shapes.max"',
+    ),
 ]
 
 
@@ -289,7 +310,7 @@ def test_greedy_decoder_names_both_sizes():
     from xlsr_edge.decoders import GreedyOptions, Vocabulary, make_decoder
 
     decoder = make_decoder(Vocabulary(("<pad>", "a", "|"), 0), GreedyOptions())
-    with pytest.raises(ValueError, match="vocabulary has 3 tokens but the logits have 5 values per frame"):
+    with pytest.raises(ValueError, match="vocabulary has 3 tokens but the logits have 5 classes per frame"):
         decoder.decode(np.zeros((4, 5), dtype=np.float32))
 
 
@@ -438,7 +459,11 @@ def _index_not_json(ckpt: Path) -> None:
 CHECKPOINT_CASES = {
     # "q" shares "a"'s id: the tokenizer keeps one of them, the gate compares through the same wrong table
     "duplicate id": (_edit_json("vocab.json", lambda v: {**v, "q": v["a"]}), "vocab.json", "share id"),
-    "negative id": (_edit_json("vocab.json", lambda v: {**v, "q": -1}), "vocab.json", "must be exactly 0..36"),
+    "negative id": (
+        _edit_json("vocab.json", lambda v: {**v, "q": -1}),
+        "vocab.json",
+        "must be exactly 0..36",
+    ),
     "gap filled by an added token": (
         _edit_json("vocab.json", lambda v: {k: i for k, i in v.items() if k != "<unk>"}),
         "vocab.json",
@@ -527,7 +552,9 @@ def test_head_that_does_not_fit_its_vocabulary_is_refused(two_language_bundle, t
     meta["extra"]["languages"]["tr"]["vocab"] = meta["extra"]["languages"]["tr"]["vocab"][:-2]
     _write(bundle, meta)
     n = len(meta["extra"]["languages"]["tr"]["vocab"])
-    with pytest.raises(BundleError, match=f"the tr head emits {n + 2} logits per frame but its vocabulary has {n}"):
+    with pytest.raises(
+        BundleError, match=f"the tr head emits {n + 2} logits per frame but its vocabulary has {n}"
+    ):
         Recognizer.from_bundle(bundle, language="tr")
 
 

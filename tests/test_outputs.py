@@ -94,14 +94,19 @@ def test_checkpoint_inside_the_output_is_refused(workspace, capsys):
     assert tree(workspace) == before
 
 
-def test_root_and_home_are_refused(tmp_path, monkeypatch):
+def test_root_and_home_are_refused(tiny_ckpt, tmp_path, monkeypatch, capsys):
     home = tmp_path / "home"
     home.mkdir()
+    (home / ".bashrc").write_text("# mine")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
-    for target, what in ((Path("/"), "root folder"), (home, "home folder")):
-        with pytest.raises(XlsrEdgeError, match=what):
-            check_output(target, BUNDLE, overwrite=True)
+    before = tree(tmp_path)
+    for target, what in (("/", "root folder"), (str(home), "home folder")):
+        assert export_main([str(tiny_ckpt), "-o", target, "--overwrite", "--no-verify"]) == 2
+        assert what in error_lines(capsys.readouterr().err)[0]
+    assert tree(tmp_path) == before
+    with pytest.raises(XlsrEdgeError, match="home folder"):  # the library refuses too, not only the CLI
+        check_output(home, BUNDLE, overwrite=True)
 
 
 def test_overwrite_replaces_a_bundle_and_an_empty_folder(tiny_ckpt, tmp_path, capsys):
@@ -323,11 +328,88 @@ def test_sigterm_during_export_leaves_no_temp_folder(tiny_ckpt, tmp_path):
     for line in proc.stderr:  # the temp folder exists from the "exporting ONNX" stage on
         seen.append(line)
         if "exporting ONNX" in line:
-            assert leftovers(tmp_path)
+            assert list(tmp_path.iterdir())  # the write has started
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.stderr.read()
     rc = proc.wait()
+    assert list(tmp_path.iterdir()) == []
     assert rc == 130, "".join(seen) + rest
     assert "error: interrupted" in rest and "Traceback" not in rest
-    assert leftovers(tmp_path) == [] and not out.exists()
+
+
+# -- fine-tuning: an earlier run stays until the new one has something to keep ---------------------------------
+
+
+@pytest.fixture()
+def earlier_run(tmp_path) -> Path:
+    out = tmp_path / "ft"
+    (out / "last").mkdir(parents=True)
+    (out / "finetune_args.json").write_text('{"total_steps": 8}')
+    (out / "model.safetensors").write_bytes(b"weights of the earlier run")
+    return out
+
+
+def _finetune_options(out: Path, **kw):
+    from xlsr_edge.train.finetune import FinetuneOptions
+
+    manifest = out.parent / "never-read.jsonl"
+    return FinetuneOptions(init="tiny", train=manifest, dev=manifest, out=out, **kw)
+
+
+def test_finetune_overwrite_keeps_the_earlier_run_when_the_new_one_fails(earlier_run, monkeypatch):
+    pytest.importorskip("torch")
+    from xlsr_edge.train import finetune as ft
+
+    def fails_midway(options, out, work, resuming, stop_after):
+        assert work != out and work.parent == out.parent  # the new run works next to the old one
+        (work / "finetune_args.json").write_text("{}")
+        raise RuntimeError("out of memory")
+
+    before = tree(earlier_run.parent)
+    monkeypatch.setattr(ft, "_finetune", fails_midway)
+    with pytest.raises(XlsrEdgeError, match="--overwrite"):
+        ft.finetune(_finetune_options(earlier_run))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ft.finetune(_finetune_options(earlier_run, overwrite=True))
+    assert tree(earlier_run.parent) == before
+
+
+def test_finetune_overwrite_interrupted_with_saved_state_replaces_the_earlier_run(earlier_run, monkeypatch):
+    pytest.importorskip("torch")
+    from xlsr_edge.train import finetune as ft
+
+    def interrupted(options, out, work, resuming, stop_after):
+        (work / "finetune_args.json").write_text('{"total_steps": 99}')
+        (work / "last").mkdir()
+        (work / "last" / "trainer_state.pt").write_bytes(b"step 5")
+        raise KeyboardInterrupt  # Ctrl-C or SIGTERM after the loop saved its state: --resume continues it
+
+    monkeypatch.setattr(ft, "_finetune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(_finetune_options(earlier_run, overwrite=True))
+    assert (earlier_run / "last" / "trainer_state.pt").read_bytes() == b"step 5"
+    assert not (earlier_run / "model.safetensors").exists() and leftovers(earlier_run.parent) == []
+
+
+def test_finetune_logs_progress_lines_without_a_terminal(speech_dir, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from xlsr_edge.train.finetune import finetune
+
+    texts = ["iyi günler", "çocuklar bahçede oynuyor", "öğretmen sınıfa girdi ve ders başladı"]
+    manifest = tmp_path / "train.jsonl"
+    lines = [
+        json.dumps({"audio_filepath": str(speech_dir / f"es_{i}.wav"), "text": t})
+        for i, t in enumerate(texts)
+    ]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "ft"
+    opts = _finetune_options(
+        out, max_steps=4, batch_size=2, threads=1, save_every=0, log_every=2, progress=False
+    )
+    result = finetune(opts.__class__(**{**opts.__dict__, "train": manifest, "dev": manifest}))
+    assert result.finished and (out / "model.safetensors").is_file()
+    steps = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in steps] == ["step 2/4", "step 4/4"]
+    assert all("loss " in line and " steps/s, ETA " in line for line in steps)
+    assert "dev CER" in steps[-1]  # evaluated at the last step

@@ -540,7 +540,9 @@ def load_bundle(folder: Path, verify: bool = True) -> BundleManifest:
         raise BundleError(f"bundle {folder} does not list its graph {manifest.graph}")
     for name, rel in manifest.paths().items():  # an unlisted file would be loaded without a hash check
         if rel not in manifest.files:
-            raise BundleError(f'bundle {folder} does not list the file "{name}" names ({rel}) with its sha256')
+            raise BundleError(
+                f'bundle {folder} does not list the file "{name}" names ({rel}) with its sha256'
+            )
     return manifest
 
 

@@ -9,6 +9,7 @@ COMMAND_MODULES = (
     "xlsr_edge.commands.export",
     "xlsr_edge.commands.inspect",
     "xlsr_edge.commands.transcribe",
+    "xlsr_edge.commands.transcribe_dataset",
     "xlsr_edge.commands.stream",
     "xlsr_edge.commands.serve",
     "xlsr_edge.commands.evaluate",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from xlsr_edge.commands.common import add_backend_argument, add_decoder_arguments, decoder_options
+from xlsr_edge.commands.transcribe_dataset import add_cluster_arguments, cluster_recognizer
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK, EXIT_SOME_FAILED
 from xlsr_edge.errors import XlsrEdgeError
 
@@ -37,6 +38,7 @@ def _eval(args: argparse.Namespace) -> int:
         entities=read_entities_file(args.entities) if args.entities else (),
         worst=args.worst,
         progress=progress_wanted(),
+        recognizer=cluster_recognizer(args),  # --address: transcribed on a Ray cluster, scored the same
     )
     if args.report:
         check_report_folder(args.report)  # before the evaluation: never lose someone's files at the end
@@ -96,4 +98,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )
+    add_cluster_arguments(p, workers=False, default_address=None)  # --workers: the Ray pool with --address
     p.set_defaults(fn=_eval)

@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from xlsr_edge.commands.stream import add_runtime_arguments, add_stream_arguments, load_recognizer, stream_options
+from xlsr_edge.commands.stream import (
+    add_runtime_arguments,
+    add_stream_arguments,
+    load_recognizer,
+    stream_options,
+)
 from xlsr_edge.errors import require
 
 
@@ -43,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="WebSocket server for live streams (s16le PCM in, JSON events out)",
-        description="Clients send an optional {\"config\": {...}} text frame, binary s16le mono PCM frames, then "
+        description='Clients send an optional {"config": {...}} text frame, binary s16le mono PCM frames, then '
         '{"eof": true}; the server sends {"type": "partial"|"final", ...} frames and closes after the last '
         "final. GET /health on the same port is the readiness check. SIGTERM: flush every stream, exit 0.",
     )
@@ -54,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=16, help="windows per inference call (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="an idle model waits this long to batch")
     p.add_argument(
-        "--max-speed", type=float, default=1.5, help="x real time a stream is read at after the burst (0: no limit)"
+        "--max-speed",
+        type=float,
+        default=1.5,
+        help="x real time a stream is read at after the burst (0: no limit)",
     )
     p.add_argument("--burst-seconds", type=float, default=2.0, help="audio a stream may send ahead at once")
     add_stream_arguments(p)

@@ -20,7 +20,9 @@ STDIN_READ_BYTES = 3200  # up to 0.1 s of 16 kHz s16le per read; a read returns 
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     """Window and endpointing flags (shared with `serve`, where they are the defaults clients start from)."""
     g = p.add_argument_group("streaming")
-    g.add_argument("--chunk-seconds", type=float, default=1.0, help="audio decided per step (partial cadence)")
+    g.add_argument(
+        "--chunk-seconds", type=float, default=1.0, help="audio decided per step (partial cadence)"
+    )
     g.add_argument("--left-context-seconds", type=float, default=2.0, help="earlier audio each window sees")
     g.add_argument(
         "--right-context-seconds", type=float, default=0.25, help="look-ahead each chunk waits for (latency)"
@@ -29,7 +31,9 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a speech frame")
     g.add_argument("--min-silence-seconds", type=float, default=0.5, help="pause that ends an utterance")
     g.add_argument("--speech-pad-seconds", type=float, default=0.2, help="audio kept around the speech")
-    g.add_argument("--max-utterance-seconds", type=float, default=20.0, help="cut longer utterances at a pause")
+    g.add_argument(
+        "--max-utterance-seconds", type=float, default=20.0, help="cut longer utterances at a pause"
+    )
     g.add_argument("--no-partials", action="store_true", help="emit finals only")
 
 
@@ -137,7 +141,9 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt")
+    p.add_argument(
+        "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
+    )
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (>= 1)")
     add_decoder_arguments(p, hotwords=True)
 

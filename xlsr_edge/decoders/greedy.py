@@ -17,7 +17,7 @@ def check_batch(
     batch, frames, width = logits.shape
     if width != vocab_size:
         raise ValueError(
-            f"the vocabulary has {vocab_size} tokens but the logits have {width} values per frame; "
+            f"the vocabulary has {vocab_size} tokens but the logits have {width} classes per frame; "
             "logits and vocabulary must come from the same model"
         )
     if lengths is None:

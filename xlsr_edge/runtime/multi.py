@@ -79,6 +79,7 @@ class MultiRecognizer(Recognizer):
             raise BundleError(
                 f"the heads expect different hidden sizes {sorted(widths)}; re-export the bundle"
             )
+        (hidden,) = widths
         decoders = {
             lang: make_decoder(
                 Vocabulary.from_model_info(language_info(manifest, lang)), decoder or GreedyOptions()
@@ -93,7 +94,7 @@ class MultiRecognizer(Recognizer):
         )
         if lid is not None:
             strangers = sorted(set(lid.languages) - set(langs))
-            if strangers or lid.weight.shape[1] != 2 * widths.pop():  # features: mean and std of hidden
+            if strangers or lid.weight.shape[1] != 2 * hidden:  # features: mean and std of hidden states
                 raise BundleError(
                     f"the language-ID model does not fit the heads ({', '.join(strangers) or 'feature size'}); "
                     "re-export the bundle or re-run add-language"

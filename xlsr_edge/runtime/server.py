@@ -150,7 +150,9 @@ class Batcher:
             if not batch:
                 continue
             # models without an attention mask must never see padding: equal lengths only
-            groups = bucket([len(r.samples) for r, _ in batch], self.max_batch, 0.25 if self.uses_mask else 0.0)
+            groups = bucket(
+                [len(r.samples) for r, _ in batch], self.max_batch, 0.25 if self.uses_mask else 0.0
+            )
             for g in groups:
                 items = [batch[j] for j in g]
                 await self._infer(loop, items)
@@ -209,6 +211,7 @@ class StreamServer:
             compression=None,
             max_size=self.options.max_frame_bytes,
             max_queue=self.options.max_queue,
+            close_timeout=2.0,  # a peer that never finishes the closing handshake (or an idle HTTP client)
         )
         sock = next(iter(self.server.sockets))
         self.address = sock.getsockname()[:2]
@@ -236,6 +239,8 @@ class StreamServer:
         await self.stopping.wait()
 
     async def shutdown(self) -> None:
+        """Stop listening, let every stream flush its finals and close (within shutdown_grace_seconds; streams
+        still open then are dropped), stop the batcher."""
         self.request_shutdown()
         if self.server is not None:
             self.server.close(close_connections=False)
@@ -244,6 +249,10 @@ class StreamServer:
             except TimeoutError:
                 for s in list(self.sessions):
                     s.abort()
+                try:
+                    await asyncio.wait_for(self.server.wait_closed(), 5.0)
+                except TimeoutError:
+                    pass
         if self.batcher is not None:
             await self.batcher.stop()
 
@@ -269,7 +278,9 @@ class StreamServer:
             return
         if len(self.sessions) >= self.options.max_streams:
             self.refused += 1
-            await _refuse(ws, f"server busy: {self.options.max_streams} streams open (max-streams)", CLOSE_TRY_AGAIN)
+            await _refuse(
+                ws, f"server busy: {self.options.max_streams} streams open (max-streams)", CLOSE_TRY_AGAIN
+            )
             return
         session = _Session(self, ws)
         self.sessions.add(session)
@@ -286,7 +297,9 @@ class StreamServer:
             raise ProtocolError('"config" must be an object')
         unknown = sorted(set(config) - set(CONFIG_KEYS))
         if unknown:
-            raise ProtocolError(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(CONFIG_KEYS)})")
+            raise ProtocolError(
+                f"unknown config keys: {', '.join(unknown)} (known: {', '.join(CONFIG_KEYS)})"
+            )
 
         def number(key: str, lo: float, hi: float) -> float | None:
             if key not in config:
@@ -384,7 +397,9 @@ class _Session:
                 try:
                     obj = json.loads(msg)
                 except ValueError:
-                    raise ProtocolError('text frames must be JSON: {"config": {...}} or {"eof": true}') from None
+                    raise ProtocolError(
+                        'text frames must be JSON: {"config": {...}} or {"eof": true}'
+                    ) from None
                 if not isinstance(obj, dict) or len(obj) != 1:
                     raise ProtocolError('text frames must be {"config": {...}} or {"eof": true}')
                 if "config" in obj:

@@ -90,7 +90,9 @@ class StreamEvent:
             "text": self.text,
             "start": round(self.start, 3),
             "end": round(self.end, 3),
-            "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.words],
+            "words": [
+                {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.words
+            ],
         }
 
 
@@ -459,5 +461,7 @@ class Stream:
         if self._utt is not None:
             k = min(k, self._utt.floor)
         if self._vad is not None:
-            k = min(k, self._vad_done * VAD_FRAME, self._endpointer.index * VAD_FRAME - self._pad - self._stride)
+            k = min(
+                k, self._vad_done * VAD_FRAME, self._endpointer.index * VAD_FRAME - self._pad - self._stride
+            )
         return max(k, 0)
