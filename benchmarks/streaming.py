@@ -6,7 +6,7 @@ Sections (``--sections vad,grid,capacity``; each writes its part of results.json
    espeak-ng sentences in four other voices/languages (24 utterances, gaps 0.4-2 s), clean and with white,
    pink and 50 Hz-hum noise at 20/10/5 dB SNR. Truth: each utterance's span from its clean energy. Reported:
    missed speech and false-alarm share of samples (frame decisions at probability 0.5), the share of
-   utterances the endpointer (``runtime.vad.Endpointer``: 0.5 s silence ends an utterance, 0.2 s pad) gives
+   utterances the endpointer (``runtime.vad.Endpointer``: 0.5 s silence ends an utterance, 0.1 s pad) gives
    as exactly one segment covering it, and CPU ms per audio second (process time, one thread): Silero fed
    100 ms packets through ``SileroVad`` (one ONNX call per packet), webrtcvad (``webrtcvad-wheels``, if
    importable) 30 ms frames at aggressiveness 0-3.
@@ -46,6 +46,7 @@ from xlsr_edge.measure.bench import environment, markdown_table, plot_bars, summ
 
 RATE = 16000
 ROOT = Path(__file__).resolve().parents[1]
+WHOLE = 60.0  # a chunk longer than any utterance: one window per utterance
 DEMO = ROOT / "models" / "demo-tr"
 ISA_FLAGS = (
     "sse4_2",
@@ -167,7 +168,9 @@ def vad_material(work: Path, seed: int = 0) -> tuple[np.ndarray, list[tuple[int,
     return np.concatenate(parts), truth
 
 
-def noisy(clean: np.ndarray, speech: np.ndarray, kind: str | None, snr_db: float | None, seed: int) -> np.ndarray:
+def noisy(
+    clean: np.ndarray, speech: np.ndarray, kind: str | None, snr_db: float | None, seed: int
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = len(clean)
     if kind is None:
@@ -254,7 +257,9 @@ def bench_vad(work: Path) -> dict:
         v = webrtcvad.Vad(mode)
         pcm = (np.clip(x, -1, 1) * 32767).astype(np.int16)
         n = len(pcm) // 480
-        return np.array([v.is_speech(pcm[i * 480 : (i + 1) * 480].tobytes(), RATE) for i in range(n)], float), 480
+        return np.array(
+            [v.is_speech(pcm[i * 480 : (i + 1) * 480].tobytes(), RATE) for i in range(n)], float
+        ), 480
 
     rows = []
     conditions = [("clean", None, None)] + [
@@ -327,6 +332,9 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
     lead, trail, packet = 0.5, 1.0, int(0.02 * RATE)
     configs = [(c, args.left, r) for c in args.chunks for r in args.rights]
     configs += [(args.sweep_chunk, left, args.sweep_right) for left in args.lefts if left != args.left]
+    configs.append(
+        (WHOLE, 0.0, 0.0)
+    )  # no windowing: each utterance in one window (the cost of the VAD cut alone)
     rows = []
     with Recognizer.from_bundle(bundle, threads=args.threads) as rec:
         c0 = time.process_time()
@@ -334,7 +342,9 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
         offline_cpu = (time.process_time() - c0) / (sum(len(x) for x, _ in clips) / RATE)
         refs = [t for _, t in clips]
         offline_cer = cer(refs, offline)
-        log(f"offline: CER {offline_cer:.2%} on {len(clips)} clips, {offline_cpu * 1000:.1f} CPU ms per audio s")
+        log(
+            f"offline: CER {offline_cer:.2%} on {len(clips)} clips, {offline_cpu * 1000:.1f} CPU ms per audio s"
+        )
         for chunk, left, right in configs:
             opts = StreamOptions(chunk_seconds=chunk, left_context_seconds=left, right_context_seconds=right)
             hyps, final_lat, first_lat, cpu, audio_s, partials, missing = [], [], [], 0.0, 0.0, 0, 0
@@ -361,6 +371,7 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
             rows.append(
                 {
                     "chunk_s": chunk,
+                    "chunk": "whole utterance" if chunk == WHOLE else f"{chunk:g}",
                     "left_s": left,
                     "right_s": right,
                     "cer": cer(refs, hyps),
@@ -390,7 +401,7 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "offline_cer": offline_cer,
         "offline_cpu_ms_per_audio_s": offline_cpu * 1000,
-        "vad": "silero, min silence 0.5 s, pad 0.2 s",
+        "vad": "silero, min silence 0.5 s, pad 0.1 s (the defaults)",
         "rows": rows,
     }
 
@@ -432,7 +443,9 @@ class ServerProcess:
             self.proc.stderr.close()
 
 
-async def realtime_client(url: str, audio: np.ndarray, spans: list[tuple[int, int]], delay: float, packet: int):
+async def realtime_client(
+    url: str, audio: np.ndarray, spans: list[tuple[int, int]], delay: float, packet: int
+):
     """Stream in real time; return per utterance (final latency or None, error or None)."""
     from websockets.asyncio.client import connect
 
@@ -441,6 +454,7 @@ async def realtime_client(url: str, audio: np.ndarray, spans: list[tuple[int, in
     finals: list[tuple[float, dict]] = []
     error = None
     loop = asyncio.get_running_loop()
+    t0 = loop.time()
     try:
         async with connect(url, compression=None, open_timeout=30, max_size=2**22) as ws:
             t0 = loop.time()
@@ -464,10 +478,13 @@ async def realtime_client(url: str, audio: np.ndarray, spans: list[tuple[int, in
             await asyncio.wait_for(task, 60)
     except Exception as exc:  # noqa: BLE001 - counted as failures of this client
         error = f"{type(exc).__name__}: {exc}"
-        t0 = t0 if "t0" in locals() else loop.time()
     out = []
-    for a, b in spans:
-        match = [(t, e) for t, e in finals if e["start"] * RATE <= b + 0.3 * RATE and e["end"] * RATE >= b - 0.3 * RATE]
+    for _, b in spans:
+        match = [
+            (t, e)
+            for t, e in finals
+            if e["start"] * RATE <= b + 0.3 * RATE and e["end"] * RATE >= b - 0.3 * RATE
+        ]
         if match:
             out.append((match[-1][0] - (t0 + b / RATE), None))
         else:
@@ -503,7 +520,9 @@ def bench_capacity(bundle: Path, args: argparse.Namespace) -> dict:
     modes = {"batching": args.max_batch, "no batching": 1}
     levels_out, best = [], {}
     for mode, max_batch in modes.items():
-        server = ServerProcess(bundle, args.server_threads, max_batch, ["--max-wait-ms", str(args.max_wait_ms)])
+        server = ServerProcess(
+            bundle, args.server_threads, max_batch, ["--max-wait-ms", str(args.max_wait_ms)]
+        )
         try:
             passed, failed = 0, None
             n = args.start_streams
@@ -596,8 +615,13 @@ def plot_latency_vs_cer(rows: list[dict], path: Path, offline_cer: float) -> Non
             color = cmap(rights.index(r["right_s"]) % 10)
             marker = "o" if r["left_s"] == rows[0]["left_s"] else "s"
             ax.scatter(r[key], 100 * r["cer"], color=color, marker=marker)
-            ax.annotate(f"c{r['chunk_s']:g}/L{r['left_s']:g}", (r[key], 100 * r["cer"]), fontsize=7, xytext=(3, 2),
-                        textcoords="offset points")
+            ax.annotate(
+                "whole utt." if r["chunk_s"] == WHOLE else f"c{r['chunk_s']:g}/L{r['left_s']:g}",
+                (r[key], 100 * r["cer"]),
+                fontsize=7,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
         ax.axhline(100 * offline_cer, color="gray", linestyle="--", linewidth=1, label="offline")
         ax.set_xlabel(f"{title} latency, s")
         ax.set_ylabel("CER %")
@@ -666,7 +690,7 @@ def markdown(results: dict) -> str:
             markdown_table(
                 g["rows"],
                 [
-                    ("chunk_s", "chunk s", "{:g}"),
+                    ("chunk", "chunk s"),
                     ("left_s", "left s", "{:g}"),
                     ("right_s", "right s", "{:g}"),
                     ("cer", "CER", "{:.2%}"),
@@ -758,7 +782,9 @@ def main() -> int:
     if "grid" in sections:
         log("chunk x context grid")
         results["grid"] = bench_grid(bundle, args)
-        plot_latency_vs_cer(results["grid"]["rows"], args.out / "latency_vs_cer.png", results["grid"]["offline_cer"])
+        plot_latency_vs_cer(
+            results["grid"]["rows"], args.out / "latency_vs_cer.png", results["grid"]["offline_cer"]
+        )
     if "capacity" in sections:
         log("server capacity")
         results["capacity"] = bench_capacity(bundle, args)

@@ -96,6 +96,10 @@ def test_add_language_checks_the_backbone_and_adds_a_head(lang_ckpts, tmp_path):
 def test_bad_multi_arguments_are_user_errors(lang_ckpts, tmp_path, capsys):
     assert export_main(["--multi", "tr", "-o", str(tmp_path / "b")]) == 2
     assert "LANG=PATH" in capsys.readouterr().err
+    # a language name becomes heads/LANG.npz: a path in it must not write outside the bundle
+    assert export_main(["--multi", f"../x={lang_ckpts['tr']}", "-o", str(tmp_path / "b")]) == 2
+    assert "language code '../x'" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "b").exists()
     code = export_main(
         ["--multi", f"tr={lang_ckpts['tr']}", "--lid-data", "es=x.jsonl", "-o", str(tmp_path / "b")]
     )

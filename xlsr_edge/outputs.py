@@ -46,7 +46,9 @@ ENV_NO_EXCHANGE = "XLSR_EDGE_TEST_NO_EXCHANGE"
 # Where a write can be killed, in order (exchanged: renameat2 path; old-aside/new-in: fallback path).
 KILL_STEPS = ("created", "written", "ready", "exchanged", "old-aside", "new-in", "removing")
 
-MARKER = ".xlsr-edge-writing"  # inside every temp folder while it is not a complete output
+MARKER = (
+    ".xlsr-edge-writing"  # in every temp folder until it is complete (a dotfile: bundle hashing skips it)
+)
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.xlsr-(?P<stage>tmp|old)-(?P<pid>\d+)(?:-\d+)?$")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100

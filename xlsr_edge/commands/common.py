@@ -40,7 +40,9 @@ def add_decoder_arguments(p: argparse.ArgumentParser, *, hotwords: bool) -> None
         default=None,
         help="default: beam when --lm" + (" or --hotword" if hotwords else "") + " is given, else greedy",
     )
-    p.add_argument("--lm", type=Path, default=None, help="KenLM model (.arpa or .bin), implies --decoder beam")
+    p.add_argument(
+        "--lm", type=Path, default=None, help="KenLM model (.arpa or .bin), implies --decoder beam"
+    )
     if hotwords:
         p.add_argument(
             "--hotword", action="append", help="boost this word (repeatable), implies --decoder beam"
@@ -60,7 +62,9 @@ def decoder_options(args: argparse.Namespace):
     decoder = args.decoder or ("beam" if args.lm or hotwords else "greedy")
     if decoder == "greedy":
         if args.lm or hotwords:
-            raise XlsrEdgeError("--lm and --hotword need --decoder beam (leave --decoder out: they select it)")
+            raise XlsrEdgeError(
+                "--lm and --hotword need --decoder beam (leave --decoder out: they select it)"
+            )
         return GreedyOptions()
     return BeamOptions(
         beam_width=args.beam_width,

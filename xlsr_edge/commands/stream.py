@@ -30,7 +30,7 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-vad", action="store_true", help="no endpointing: finals at --max-utterance-seconds")
     g.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a speech frame")
     g.add_argument("--min-silence-seconds", type=float, default=0.5, help="pause that ends an utterance")
-    g.add_argument("--speech-pad-seconds", type=float, default=0.2, help="audio kept around the speech")
+    g.add_argument("--speech-pad-seconds", type=float, default=0.1, help="audio kept around the speech")
     g.add_argument(
         "--max-utterance-seconds", type=float, default=20.0, help="cut longer utterances at a pause"
     )

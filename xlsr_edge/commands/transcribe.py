@@ -84,7 +84,8 @@ def _json_line(data: dict) -> str:
     line = json.dumps(data, ensure_ascii=False)
     try:
         line.encode(sys.stdout.encoding or "utf-8")
-    except UnicodeEncodeError:  # \uXXXX escapes: still JSON, and json.loads + os.fsencode give the name's bytes
+    except UnicodeEncodeError:
+        # \uXXXX escapes: still JSON, and json.loads + os.fsencode give back the name's bytes
         line = json.dumps(data)
     return line
 

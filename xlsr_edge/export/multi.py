@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,14 @@ class LidOptions:
             raise ValueError("--lid-threshold must be within [0, 1]")
         if self.policy not in ("all", "unknown"):
             raise ValueError("--below-threshold must be 'all' or 'unknown'")
+
+
+def check_language_code(lang: str) -> None:
+    """Language names become file names (heads/LANG.npz): letters, digits, '-' and '_' only (e.g. tr, pt-BR)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", lang):
+        raise ExportError(
+            f"language code {lang!r} must be 1-32 letters, digits, '-' or '_' (e.g. tr, pt-BR, cmn_hans)"
+        )
 
 
 def backbone_hashes(model) -> dict[str, str]:
@@ -170,6 +179,8 @@ def export_multi(
     options = options or ExportOptions()
     if len(specs) < 1:
         raise ExportError("--multi needs at least one LANG=CHECKPOINT")
+    for lang in specs:
+        check_language_code(lang)
     out = Path(out)
     protect = [(f"the {lang} checkpoint", Path(p)) for lang, p in specs.items()]
     check_output(out, BUNDLE, overwrite=options.overwrite, protect=protect)  # before any work
@@ -245,6 +256,7 @@ def add_language(
 ) -> BundleManifest:
     """Add a head trained on the bundle's frozen backbone; retrain language ID from the stored features."""
     options = options or ExportOptions()
+    check_language_code(lang)
     import shutil
 
     bundle = Path(bundle)

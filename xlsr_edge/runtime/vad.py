@@ -37,7 +37,7 @@ class VadOptions:
     threshold: float = 0.5
     neg_threshold: float | None = None
     min_silence_seconds: float = 0.5
-    speech_pad_seconds: float = 0.2
+    speech_pad_seconds: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
