@@ -1,6 +1,6 @@
 """Streaming benchmark (issue 16): what live recognition costs in accuracy, latency and CPU, and what a server holds.
 
-Sections (``--sections vad,grid,capacity``; each writes its part of results.json):
+Sections (``--sections vad,grid,batch,capacity``; each writes its part of results.json):
 
 1. ``vad``: the two candidate VADs on speech + silence built from the shipped clips, the demo test clips and
    espeak-ng sentences in four other voices/languages (24 utterances, gaps 0.4-2 s), clean and with white,
@@ -23,6 +23,12 @@ Sections (``--sections vad,grid,capacity``; each writes its part of results.json
    1 s. Final latency = arrival of the utterance's final - the wall time its speech end was sent. A level
    passes when every utterance got its final and p95 <= 1 s. Levels grow x1.5 until one fails, then one
    bisection step; once with cross-stream batching (--max-batch 32) and once without (--max-batch 1).
+
+4. ``batch``: wall and CPU ms per window of the default window (chunk 1 s + left 2 s + right 0.25 s) by batch
+   size, 1 and 2 onnxruntime threads: how much a batched call saves per window on this machine.
+
+``--model xlsr-300m`` runs on a random-weight model with XLS-R 300M's shape instead (latency, CPU and capacity
+only: its transcripts are noise).
 
 Prints JSON and markdown; writes results.json, results.md, latency_vs_cer.png and capacity.png into -o.
 """
@@ -101,6 +107,17 @@ def speech_span(x: np.ndarray) -> tuple[int, int]:
 def get_bundle(args: argparse.Namespace, work: Path) -> Path:
     if args.bundle is not None:
         return args.bundle
+    if args.model == "xlsr-300m":
+        from xlsr_edge.export import export_bundle
+        from xlsr_edge.export.tiny import XLSR_300M, build_checkpoint
+
+        ckpt, out = work / "xlsr-300m-ckpt", work / "xlsr-300m-bundle"
+        if not (out / "bundle.json").exists():
+            log("building and exporting a random-weight model with XLS-R 300M's shape")
+            if not (ckpt / "config.json").exists():
+                build_checkpoint(ckpt, **XLSR_300M, head_gain=8.0)
+            export_bundle(ckpt, out)
+        return out
     out = work / "demo-bundle"
     if not (out / "bundle.json").exists():
         from xlsr_edge.export import export_bundle
@@ -328,7 +345,7 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
     from xlsr_edge.runtime import Recognizer
     from xlsr_edge.runtime.stream import StreamOptions
 
-    clips = test_set()
+    clips = test_set()[: args.clips]
     lead, trail, packet = 0.5, 1.0, int(0.02 * RATE)
     configs = [(c, args.left, r) for c in args.chunks for r in args.rights]
     configs += [(args.sweep_chunk, left, args.sweep_right) for left in args.lefts if left != args.left]
@@ -592,6 +609,46 @@ def bench_capacity(bundle: Path, args: argparse.Namespace) -> dict:
     }
 
 
+# -- 4. inference per window by batch size ----------------------------------------------------------------------
+
+
+def bench_batch(bundle: Path, args: argparse.Namespace) -> dict:
+    """Wall and CPU ms per window of the default stream window (chunk 1 s + left 2 s + right 0.25 s) by batch
+    size: what cross-stream batching can save on this machine."""
+    from xlsr_edge.runtime import Recognizer
+
+    rows = []
+    for threads in args.batch_threads:
+        with Recognizer.from_bundle(bundle, threads=threads) as rec:
+            info = rec.info
+            n = (
+                int(RATE / info.frame_stride_samples) - 1
+            ) * info.frame_stride_samples + info.receptive_field_samples
+            n += int(2.0 * RATE) + int(0.25 * RATE)
+            x = np.random.default_rng(0).standard_normal((max(args.batch_sizes), n)).astype(np.float32)
+            for b in args.batch_sizes:
+                values, mask = x[:b], np.ones((b, n), dtype=np.int64)
+                rec.runner.infer(values, mask)
+                walls, cpus = [], []
+                t_end = time.perf_counter() + args.batch_seconds
+                while time.perf_counter() < t_end or len(walls) < 3:
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    rec.runner.infer(values, mask)
+                    walls.append(time.perf_counter() - w0)
+                    cpus.append(time.process_time() - c0)
+                rows.append(
+                    {
+                        "threads": threads,
+                        "batch": b,
+                        "window_s": n / RATE,
+                        "wall_ms_per_window": 1000 * float(np.median(walls)) / b,
+                        "cpu_ms_per_window": 1000 * float(np.median(cpus)) / b,
+                    }
+                )
+                log(f"threads {threads} batch {b}: {rows[-1]['wall_ms_per_window']:.1f} ms/window wall")
+    return {"rows": rows}
+
+
 # -- output ----------------------------------------------------------------------------------------------------
 
 
@@ -704,6 +761,23 @@ def markdown(results: dict) -> str:
             ),
             "",
         ]
+    if "batch" in results:
+        rows = results["batch"]["rows"]
+        out += [
+            f"## Inference per window by batch size (window {rows[0]['window_s']:.2f} s: chunk 1 s + left 2 s + "
+            "right 0.25 s)",
+            "",
+            markdown_table(
+                rows,
+                [
+                    ("threads", "threads"),
+                    ("batch", "batch"),
+                    ("wall_ms_per_window", "wall ms / window", "{:.2f}"),
+                    ("cpu_ms_per_window", "CPU ms / window", "{:.2f}"),
+                ],
+            ),
+            "",
+        ]
     if "capacity" in results:
         c = results["capacity"]
         out += [
@@ -748,7 +822,14 @@ def main() -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results/streaming"))
     ap.add_argument("--work", type=Path, default=None, help="scratch folder, reused when given")
     ap.add_argument("--bundle", type=Path, default=None, help="default: models/demo-tr, exported here")
-    ap.add_argument("--sections", default="vad,grid,capacity")
+    ap.add_argument("--sections", default="vad,grid,batch,capacity")
+    ap.add_argument(
+        "--batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 4, 8, 16, 32]
+    )
+    ap.add_argument("--batch-threads", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2])
+    ap.add_argument("--batch-seconds", type=float, default=1.5, help="timing per batch size")
+    ap.add_argument("--clips", type=int, default=None, help="first N test clips only (grid)")
+    ap.add_argument("--model", choices=["demo", "xlsr-300m"], default="demo", help="when no --bundle")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the grid")
     ap.add_argument("--chunks", type=floats, default=[0.5, 1.0, 2.0, 4.0])
     ap.add_argument("--rights", type=floats, default=[0.0, 0.25, 0.5])
@@ -770,7 +851,11 @@ def main() -> int:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bundle = get_bundle(args, work)
     results: dict = {
-        "model": "models/demo-tr (exported)" if args.bundle is None else str(args.bundle),
+        "model": str(args.bundle)
+        if args.bundle is not None
+        else {"demo": "models/demo-tr (exported)", "xlsr-300m": "random weights, XLS-R 300M shape"}[
+            args.model
+        ],
         "bundle": str(bundle),
         "environment": environment(),
         "cpu_isa": cpu_isa(),
@@ -785,6 +870,9 @@ def main() -> int:
         plot_latency_vs_cer(
             results["grid"]["rows"], args.out / "latency_vs_cer.png", results["grid"]["offline_cer"]
         )
+    if "batch" in sections:
+        log("inference per window by batch size")
+        results["batch"] = bench_batch(bundle, args)
     if "capacity" in sections:
         log("server capacity")
         results["capacity"] = bench_capacity(bundle, args)

@@ -20,8 +20,10 @@ FORBIDDEN = {
         "xlsr_edge.precision",
         "xlsr_edge.measure",
         "xlsr_edge.datasets",
+        "xlsr_edge.scale",
         "torch",
         "transformers",
+        "ray",
     ),
     "xlsr_edge.decoders": (
         "xlsr_edge.runtime",
@@ -31,8 +33,10 @@ FORBIDDEN = {
         "xlsr_edge.cli",
         "xlsr_edge.precision",
         "xlsr_edge.measure",
+        "xlsr_edge.scale",
         "torch",
         "transformers",
+        "ray",
     ),
     "xlsr_edge.precision": ("xlsr_edge.export", "xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli"),
     "xlsr_edge.measure": (
@@ -40,6 +44,18 @@ FORBIDDEN = {
         "xlsr_edge.train",
         "xlsr_edge.commands",
         "xlsr_edge.cli",
+        "xlsr_edge.scale",  # eval --address hands evaluate() a Ray-backed recognizer; measure never reaches for Ray
+        "ray",
+    ),
+    # Ray scale-out: runs the runtime on a cluster; never the export/training side
+    "xlsr_edge.scale": (
+        "xlsr_edge.export",
+        "xlsr_edge.train",
+        "xlsr_edge.commands",
+        "xlsr_edge.cli",
+        "xlsr_edge.precision",
+        "torch",
+        "transformers",
     ),
     "xlsr_edge.export": ("xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli"),
     "xlsr_edge.train": ("xlsr_edge.commands", "xlsr_edge.cli"),

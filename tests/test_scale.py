@@ -60,10 +60,13 @@ def run_script(script: str, *, extra_env: dict[str, str] | None = None) -> subpr
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=e, cwd=ROOT)
 
 
-def cli(*args: str, sandboxed: bool = False) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, sandboxed: bool = False, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     prefix = (sandbox() or []) if sandboxed else []
+    e = env(**(extra_env or {}))
     return subprocess.run(
-        [*prefix, *CLI, *args], capture_output=True, text=True, timeout=TIMEOUT, env=env(), cwd=ROOT
+        [*prefix, *CLI, *args], capture_output=True, text=True, timeout=TIMEOUT, env=e, cwd=ROOT
     )
 
 
@@ -73,6 +76,12 @@ def ray_tmp():
     d = Path(tempfile.mkdtemp(prefix="xr", dir="/tmp"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+def read_shard(path: Path) -> list[dict]:
+    from xlsr_edge.scale.output import read_shard
+
+    return read_shard(path)
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -142,7 +151,7 @@ def demo_run(demo_bundle, tmp_path_factory):
         done = cli(
             "transcribe-dataset", str(demo_bundle), str(DEMO_MANIFEST), str(bad), "-o", str(out),
             "--workers", "2", "--ship-bundle", "--ray-temp-dir", str(tmp), "--shard-rows", "8",
-            sandboxed=True,
+            sandboxed=True, extra_env={"XLSR_EDGE_BUNDLE_CACHE": str(d / "cache")},
         )  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,7 +167,8 @@ def test_demo_test_set_equals_plain_transcribe_row_by_row(demo_run, demo_bundle)
     for r in rows:
         assert r["error"] is None and same_as_plain(r, plain[r["audio"]]), r["audio"]
     assert {r["bundle_sha256"] for r in rows} == {summary(out)["bundle_sha256"]}
-    assert len(list(out.glob("part-001-*.parquet"))) == 4  # 31 rows in shards of 8
+    sizes = [len(read_shard(p)) for p in out.glob("part-001-*.parquet")]
+    assert sum(sizes) == 31 and max(sizes) == 8  # --shard-rows 8
 
 
 def test_missing_file_is_an_error_row_and_exit_1(demo_run):
@@ -179,6 +189,8 @@ def test_local_cluster_is_on_loopback_only(demo_run):
     s = summary(demo_run[1])
     assert s["cluster"]["nodes"] == ["127.0.0.1"]
     assert s["pool"]["workers"] == 2 and s["pool"]["ship_bundle"] is True
+    (cached,) = (demo_run[1].parent / "cache").iterdir()  # the shipped bundle, unpacked once on the node
+    assert cached.name == s["bundle_sha256"]
 
 
 def test_existing_output_needs_resume_and_the_same_bundle(demo_run, tiny_bundle):

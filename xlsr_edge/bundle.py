@@ -272,6 +272,16 @@ class ModelInfo:
     conv_kernel: list[int]
     conv_stride: list[int]
     uses_attention_mask: bool
+    # Optional (issue 15; absent in older bundles): padding of each conv_kernel/conv_stride stage (add_adapter
+    # layers are padded convolutions; zeros when absent), the transformers model_type, and the ids of placeholder
+    # vocabulary entries (a head wider than the tokenizer): never emitted as text.
+    conv_padding: list[int] | None = None
+    model_type: str = "wav2vec2"
+    spare_ids: list[int] = field(default_factory=list)
+
+    @property
+    def paddings(self) -> list[int]:
+        return list(self.conv_padding) if self.conv_padding else [0] * len(self.conv_kernel)
 
     @property
     def frame_stride_samples(self) -> int:
@@ -291,14 +301,18 @@ class ModelInfo:
     def frames_for(self, num_samples: int) -> int:
         """transformers' `_get_feat_extract_output_lengths`, clamped at 0 for inputs shorter than one frame."""
         n = int(num_samples)
-        for k, s in zip(self.conv_kernel, self.conv_stride):
-            n = (n - k) // s + 1
+        for k, s, p in zip(self.conv_kernel, self.conv_stride, self.paddings):
+            n = (n + 2 * p - k) // s + 1
             if n <= 0:
                 return 0
         return n
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        if not any(self.paddings):  # written only when it matters: older readers see the same bundle.json
+            d.pop("conv_padding")
+        if not self.spare_ids:
+            d.pop("spare_ids")
         d["frame_stride_samples"] = self.frame_stride_samples
         d["receptive_field_samples"] = self.receptive_field_samples
         return d
@@ -326,7 +340,23 @@ class ModelInfo:
             conv_kernel=kernel,
             conv_stride=stride,
             uses_attention_mask=f.boolean("uses_attention_mask"),
+            model_type=f.string("model_type", "wav2vec2"),
         )
+        if f.raw("conv_padding", None) is not None:
+            info.conv_padding = f.integers("conv_padding", 0, 4096)
+            if len(info.conv_padding) != len(kernel):
+                raise BundleError(
+                    f'{source}: "conv_padding" must have one entry per "conv_kernel" stage, '
+                    f"found {len(info.conv_padding)} and {len(kernel)}"
+                )
+        if f.raw("spare_ids", None) is not None:
+            spare = f.raw("spare_ids")
+            if not isinstance(spare, list) or len(spare) >= len(vocab):
+                f.fail("spare_ids", f"a list of fewer than {len(vocab)} token ids", spare)
+            for i, n in enumerate(spare):
+                if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(vocab) or n == blank_id:
+                    _fail(source, f"spare_ids[{i}]", f"a token id other than the blank, below {len(vocab)}", n)
+            info.spare_ids = list(spare)
         span = max(info.receptive_field_samples, info.frame_stride_samples)
         if span > _MAX_SAMPLES:
             raise BundleError(

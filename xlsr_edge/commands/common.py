@@ -49,8 +49,12 @@ def add_decoder_arguments(p: argparse.ArgumentParser, *, hotwords: bool) -> None
         )
         p.add_argument("--hotword-weight", type=float, default=10.0)
     p.add_argument("--beam-width", type=int, default=100)
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--beta", type=float, default=1.5)
+    tuned = "default: the LM's tuned value (`lm tune`, LM.tuned.json) if present, else pyctcdecode's "
+    p.add_argument("--alpha", type=float, default=None, help="LM weight; " + tuned + "0.5")
+    p.add_argument("--beta", type=float, default=None, help="word insertion bonus; " + tuned + "1.5")
+    p.add_argument(
+        "--unk-offset", type=float, default=None, help="score of a word the LM lacks (<= 0); " + tuned + "-10"
+    )
     p.add_argument("--workers", type=int, default=0, help="beam decoding processes")
 
 
@@ -70,6 +74,7 @@ def decoder_options(args: argparse.Namespace):
         beam_width=args.beam_width,
         alpha=args.alpha,
         beta=args.beta,
+        unk_score_offset=getattr(args, "unk_offset", None),
         lm_path=str(args.lm) if args.lm else None,
         hotwords=hotwords,
         hotword_weight=getattr(args, "hotword_weight", 10.0),

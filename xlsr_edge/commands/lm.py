@@ -1,25 +1,118 @@
-"""`xlsr-edge lm ...`: KenLM n-gram language models for the beam decoder."""
+"""`xlsr-edge lm ...`: KenLM n-gram language models for the beam decoder: `build` one, `tune` its weights."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from xlsr_edge.constants import EXIT_OK
+from xlsr_edge.commands.common import add_backend_argument, check_at_least_one
+from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK
+from xlsr_edge.errors import XlsrEdgeError
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _lm_build(args: argparse.Namespace) -> int:
-    from xlsr_edge.decoders.lm import build_lm
+def _bundle_alphabet(bundle: Path, language: str | None) -> set[str]:
+    """The characters the bundle's model can write (for a multi-language bundle: the --language head's)."""
+    from xlsr_edge.bundle import load_bundle
+    from xlsr_edge.decoders.lm import model_alphabet
 
+    manifest = load_bundle(bundle, verify=False)  # only the vocabulary is read
+    if manifest.extra.get("kind") == "multi":
+        languages = manifest.extra.get("languages", {})
+        if language not in languages:
+            raise XlsrEdgeError(
+                f"--bundle {bundle} has one vocabulary per language ({', '.join(languages)}): "
+                "pick one with --language"
+            )
+        entry = languages[language]
+        vocab = list(entry["vocab"])
+        blank = entry.get("blank_id", 0)
+        delimiter = entry.get("word_delimiter", manifest.model.word_delimiter)
+        return model_alphabet(vocab, blank, delimiter)
+    info = manifest.model
+    return model_alphabet(info.vocab, info.blank_id, info.word_delimiter)
+
+
+def _lm_build(args: argparse.Namespace) -> int:
+    from xlsr_edge.decoders.lm import TextFitter, build_lm, oov_rate, read_unigrams, unigrams_path_for
+
+    alphabet = _bundle_alphabet(args.bundle, args.language) if args.bundle else None
+    dev = None
+    if args.dev:  # read before the (possibly long) build: a bad manifest fails now
+        from xlsr_edge.datasets import read_manifest
+
+        dev = [u.text for u in read_manifest(args.dev, check_audio=False) if u.text]
+        if not dev:
+            raise XlsrEdgeError(f"--dev {args.dev} has no transcripts to measure the LM's vocabulary on")
     out = build_lm(
-        args.text, args.output, order=args.order, language=args.language, normalize=not args.raw, log=_log
+        args.text,
+        args.output,
+        order=args.order,
+        language=args.language,
+        normalize=not args.raw,
+        log=_log,
+        alphabet=alphabet,
     )
     print(f"wrote {out}")
+    if dev is not None:
+        from xlsr_edge.decoders.lm import normalize_corpus
+
+        texts = list(normalize_corpus(dev, args.language, not args.raw))
+        if alphabet is not None:  # the words as this model would spell them, as the LM's were
+            fitter = TextFitter(alphabet)
+            texts = [fitter.line(t) for t in texts]
+        report = oov_rate(set(read_unigrams(unigrams_path_for(out))), texts)
+        print(report.describe(str(args.dev)))
+    return EXIT_OK
+
+
+def _lm_tune(args: argparse.Namespace) -> int:
+    from xlsr_edge.decoders.lm import write_tuned_weights
+    from xlsr_edge.measure.evaluation import progress_wanted
+    from xlsr_edge.measure.lm_tune import (
+        DEFAULT_ALPHAS,
+        DEFAULT_BETAS,
+        DEFAULT_UNK_OFFSETS,
+        TuneOptions,
+        format_table,
+        parse_range,
+        tune,
+    )
+
+    check_at_least_one("--threads", args.threads)
+    check_at_least_one("--batch-size", args.batch_size)
+    options = TuneOptions(
+        alphas=parse_range(args.alpha, "--alpha") if args.alpha else DEFAULT_ALPHAS,
+        betas=parse_range(args.beta, "--beta") if args.beta else DEFAULT_BETAS,
+        unk_offsets=parse_range(args.unk_offset, "--unk-offset") if args.unk_offset else DEFAULT_UNK_OFFSETS,
+        search=args.search,
+        beam_width=args.beam_width,
+        workers=args.workers,
+        language=args.language,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        backend=args.backend,
+        providers=args.providers,
+        progress=progress_wanted(),
+    )
+    result = tune(args.bundle, args.manifest, args.lm, options)
+    sidecar = None if args.dry_run else write_tuned_weights(args.lm, result.sidecar(args.bundle))
+    if args.json:
+        data = result.to_json()
+        data["sidecar"] = None if sidecar is None else str(sidecar)
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(format_table(result, top=args.top))
+        if sidecar is not None:
+            print(
+                f"wrote {sidecar}: `transcribe`, `eval` and `stream` with --lm {args.lm} use these weights "
+                "unless --alpha/--beta/--unk-offset are given"
+            )
     return EXIT_OK
 
 
@@ -40,4 +133,58 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the corpus text as it is (no lower-casing or punctuation removal)",
     )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="fit the text to this bundle's vocabulary: apostrophes removed, diacritics it lacks mapped to "
+        "base letters, words with digits or other letters it cannot write dropped (counts printed)",
+    )
+    p.add_argument(
+        "--dev",
+        type=Path,
+        default=None,
+        help="a manifest with transcripts: print the LM's out-of-vocabulary rate on them",
+    )
     p.set_defaults(fn=_lm_build)
+
+    t = lm.add_parser(
+        "tune",
+        help="find the LM weights (alpha, beta, unknown-word offset) that decode a dev set best",
+        description=(
+            "Compute the dev set's logits once, then beam-decode them with the LM for every setting of a "
+            "coordinate (or grid) search and print WER/CER per setting next to greedy decoding and beam "
+            "search without the LM. The best weights go to LM.tuned.json next to the LM (with its sha256); "
+            "transcribe, eval and stream use them whenever they decode with that LM. When the LM does not "
+            "beat beam search without it, the weights recorded make it harmless (alpha 0)."
+        ),
+    )
+    t.add_argument("bundle", type=Path)
+    t.add_argument(
+        "manifest", type=Path, help="dev set: NeMo JSONL, Common Voice TSV or CSV with transcripts"
+    )
+    t.add_argument("--lm", type=Path, required=True, help="the KenLM model to tune (.arpa or .bin)")
+    t.add_argument("--alpha", default=None, help="LM weights to try: START:STOP:STEP, A,B,C or one value")
+    t.add_argument("--beta", default=None, help="word insertion bonuses to try (same forms)")
+    t.add_argument("--unk-offset", default=None, help="unknown-word offsets to try, <= 0 (same forms)")
+    t.add_argument(
+        "--search",
+        choices=["coordinate", "grid"],
+        default="coordinate",
+        help="coordinate: one weight at a time, repeated until nothing changes; grid: every combination",
+    )
+    t.add_argument("--beam-width", type=int, default=100)
+    t.add_argument("--workers", type=int, default=0, help="beam decoding processes")
+    t.add_argument(
+        "--language", default=None, help="language code for text normalization (tr/az: dotted/dotless i)"
+    )
+    t.add_argument("--top", type=int, default=15, help="settings listed in the table (best first)")
+    t.add_argument("--json", action="store_true", help="print every setting as one JSON object")
+    t.add_argument("--dry-run", action="store_true", help="print the table, write no sidecar")
+    t.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    t.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    add_backend_argument(t)
+    t.add_argument(
+        "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
+    )
+    t.set_defaults(fn=_lm_tune)

@@ -7,7 +7,15 @@ What is passed to pyctcdecode is what calling it directly the documented way get
 - log-probabilities [frames, vocab] of the valid frames (its documented input; raw logits are converted here with a
   stable log_softmax in float32/float64, so fp16 logits are not re-normalized in fp16);
 - decode_beams(..., prune_history=True), i.e. exactly what its decode()/decode_batch() run, keeping the top beam's
-  word frames and combined (acoustic + LM + hotword) score.
+  word frames and combined (acoustic + LM + hotword) score;
+- alpha, beta and unk_score_offset from xlsr_edge.decoders.lm.resolve_weights: the options' values, else the LM's
+  tuned sidecar (`xlsr-edge lm tune`), else pyctcdecode's defaults. `set_weights` changes them without reloading
+  the LM (what `lm tune` does for every setting it tries).
+
+pyctcdecode's own log messages (unprefixed, some on every run: "Only 179 unigrams passed as vocabulary. Is this
+small or artificial data?") are caught while it builds; the ones that matter come out as our own `warning: ...`
+lines. Decoding with an LM whose vocabulary covers few of the words heard (as read by greedy decoding) gives one
+warning per decoder that names `lm tune`, unless the weights come from a tuned sidecar.
 
 Multiprocessing: pyctcdecode keeps its LM in a class-level registry that only forked children created *after* the
 decoder inherit. To work with any pool, tasks go through a module-level function that looks the decoder up in a
@@ -17,6 +25,7 @@ rebuilds it once from a small picklable spec.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -31,11 +40,21 @@ import numpy as np
 
 from ..errors import XlsrEdgeError, require
 from .base import Decoded, Decoder, Vocabulary, Word
-from .greedy import check_batch
-from .lm import check_lm_file, read_arpa_unigrams, read_unigrams, unigrams_path_for
+from .greedy import GreedyDecoder, check_batch
+from .lm import (
+    check_lm_file,
+    read_arpa_unigrams,
+    read_unigrams,
+    resolve_weights,
+    unigrams_path_for,
+    warn,
+)
 from .options import BeamOptions
 
-logger = logging.getLogger(__name__)
+# The decode-time coverage check: after this many words heard (greedy reading), warn once when fewer than this
+# share of them are words of the LM.
+COVERAGE_MIN_WORDS = 20
+COVERAGE_WARN_BELOW = 0.5
 # "(lm/model.cc:100 in void lm::...::InitializeFromARPA(...) threw FormatLoadException because `...`. "
 _KENLM_LOCATION = re.compile(r"\(\S+:\d+ in .*? threw \w+(?: because `[^']*')?\.?\s*")
 
@@ -65,20 +84,55 @@ def pyctcdecode_labels(vocab: Vocabulary) -> list[str]:
     return labels
 
 
+_PYCTCDECODE_LOGGERS = ("pyctcdecode.alphabet", "pyctcdecode.decoder", "pyctcdecode.language_model")
+# pyctcdecode messages said better elsewhere (ours) or not worth saying: message prefix -> None (dropped) or ours.
+_PYCTCDECODE_MESSAGES = {
+    # <s>, </s> in every XLS-R vocabulary; _check_labels checks the labels itself
+    "Found entries of length > 1 in alphabet": None,
+    # on every run with a small LM; the decode-time coverage warning says what matters
+    "Only %s unigrams passed as vocabulary": None,
+    # BeamDecoder warns itself, naming the file it looked for
+    "Unigrams not provided and cannot be automatically determined": None,
+    # BeamDecoder counts the LM's words the model cannot write and names `lm build --bundle`
+    "Unigrams and labels don't seem to agree": None,
+    "Only %s%% of unigrams in vocabulary found in kenlm model": (
+        "only {0} % of the words in the unigram list are in the language model {lm}: the list belongs to "
+        "another LM; rebuild both with `xlsr-edge lm build`"
+    ),
+    "No known unigrams provided": (
+        "the unigram list of {lm} is empty: beam search cannot score partial words; rebuild it with "
+        "`xlsr-edge lm build`"
+    ),
+}
+
+
 @contextmanager
-def _quiet_multichar_warning():
-    """pyctcdecode warns about every multi-character label (<s>, </s> in every XLS-R vocabulary); we checked the
-    labels ourselves, so drop just that message while building."""
+def _pyctcdecode_logs(lm_path: str | None = None):
+    """Catch pyctcdecode's log records while it builds (they would print unprefixed, some on every run) and
+    say the ones that matter as our own prefixed warnings afterwards."""
+    caught: list[logging.LogRecord] = []
 
-    def keep(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Found entries of length > 1 in alphabet")
+    def catch(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            caught.append(record)
+        return False  # INFO and below are dropped too: pyctcdecode's chatter, not ours
 
-    alphabet_logger = logging.getLogger("pyctcdecode.alphabet")
-    alphabet_logger.addFilter(keep)
+    loggers = [logging.getLogger(name) for name in _PYCTCDECODE_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(catch)
     try:
         yield
     finally:
-        alphabet_logger.removeFilter(keep)
+        for lg in loggers:
+            lg.removeFilter(catch)
+    lm = os.path.basename(lm_path) if lm_path else "?"
+    for record in caught:
+        msg = str(record.msg)
+        known = next((key for key in _PYCTCDECODE_MESSAGES if msg.startswith(key)), None)
+        if known is None:
+            warn("pyctcdecode: " + " ".join(record.getMessage().split()))
+        elif _PYCTCDECODE_MESSAGES[known] is not None:
+            warn(_PYCTCDECODE_MESSAGES[known].format(*record.args, lm=lm))
 
 
 def _check_labels(labels: list[str], blank_id: int) -> None:
@@ -92,7 +146,7 @@ def _check_labels(labels: list[str], blank_id: int) -> None:
             "word delimiter -> ' '); the beam decoder needs distinct labels"
         )
     try:
-        with _quiet_multichar_warning():
+        with _pyctcdecode_logs():
             alphabet = Alphabet.build_alphabet(labels)
     except ValueError as exc:
         raise XlsrEdgeError(f"pyctcdecode cannot use this vocabulary: {exc}") from exc
@@ -113,6 +167,11 @@ class _Spec:
     unigrams_path: str | None  # a one-word-per-line file; None = pyctcdecode's own handling
     alpha: float
     beta: float
+    unk_score_offset: float
+
+    @property
+    def weights(self) -> tuple[float, float, float]:
+        return (self.alpha, self.beta, self.unk_score_offset)
 
 
 def _build_ctc_decoder(spec: _Spec) -> Any:
@@ -125,13 +184,14 @@ def _build_ctc_decoder(spec: _Spec) -> Any:
         elif spec.lm_path.lower().endswith((".arpa", ".arpa.gz")) and not spec.lm_path.endswith(".arpa"):
             unigrams = read_arpa_unigrams(spec.lm_path)  # pyctcdecode reads only "*.arpa" (lower-case) itself
     try:
-        with _quiet_multichar_warning():
+        with _pyctcdecode_logs(spec.lm_path):
             return pyctcdecode.build_ctcdecoder(
                 list(spec.labels),
                 kenlm_model_path=spec.lm_path,
                 unigrams=unigrams,
                 alpha=spec.alpha,
                 beta=spec.beta,
+                unk_score_offset=spec.unk_score_offset,
             )
     except UnicodeDecodeError as exc:  # pyctcdecode reads a plain .arpa's words itself
         raise XlsrEdgeError(f"language model {spec.lm_path} is not UTF-8 text ({exc.reason})") from exc
@@ -141,14 +201,21 @@ def _build_ctc_decoder(spec: _Spec) -> Any:
         raise XlsrEdgeError(f"could not load the language model {spec.lm_path}: {detail}") from exc
 
 
-# Per-process cache: decoder key -> pyctcdecode decoder. Fork children inherit the parent's entries.
+# Per-process cache: decoder key -> pyctcdecode decoder, and the weights it decodes with. Fork children inherit
+# the parent's entries.
 _DECODERS: dict[str, Any] = {}
+_WEIGHTS: dict[str, tuple[float, float, float]] = {}
 
 
 def _decoder_for(key: str, spec: _Spec) -> Any:
     decoder = _DECODERS.get(key)
     if decoder is None:
         decoder = _DECODERS[key] = _build_ctc_decoder(spec)
+        _WEIGHTS[key] = spec.weights
+    elif _WEIGHTS.get(key) != spec.weights:  # set_weights() since: reset in place, the LM stays loaded
+        alpha, beta, unk = spec.weights
+        decoder.reset_params(alpha=alpha, beta=beta, unk_score_offset=unk)
+        _WEIGHTS[key] = spec.weights
     return decoder
 
 
@@ -166,6 +233,7 @@ def _release(key: str, pool) -> None:
         pool.terminate()
         pool.join()
     decoder = _DECODERS.pop(key, None)
+    _WEIGHTS.pop(key, None)
     if decoder is not None:
         decoder.cleanup()  # drops the LM from pyctcdecode's class-level registry
 
@@ -175,12 +243,22 @@ class BeamDecoder(Decoder):
 
     pool: a caller-owned multiprocessing pool (fork or spawn; left open by close()). Otherwise, with
     options.num_workers > 1, the decoder forks its own pool and closes it in close().
+    check_coverage: warn once when the LM knows few of the words heard (off for `lm tune`, which measures it).
     Text uses pyctcdecode's conventions: whitespace normalized, <unk> shown as "⁇".
+    `weights` are the alpha/beta/unk_score_offset in use and where they came from (options, tuned sidecar or
+    pyctcdecode's defaults).
     """
 
     name = "beam"
 
-    def __init__(self, vocab: Vocabulary, options: BeamOptions | None = None, pool=None) -> None:
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        options: BeamOptions | None = None,
+        pool=None,
+        *,
+        check_coverage: bool = True,
+    ) -> None:
         options = BeamOptions() if options is None else options
         if not isinstance(options, BeamOptions):
             raise TypeError(f"options must be BeamOptions, got {type(options).__name__}")
@@ -202,17 +280,27 @@ class BeamDecoder(Decoder):
             elif unigrams_path_for(lm_path).is_file():
                 unigrams = str(unigrams_path_for(lm_path))
             elif not lm_path.lower().endswith((".arpa", ".arpa.gz")):
-                logger.warning(
-                    "no unigrams for the binary LM %s (expected %s): beam search with an LM works better with "
-                    "them; pass unigrams_path",
-                    lm_path,
-                    unigrams_path_for(lm_path),
+                warn(
+                    f"no unigrams for the binary LM {lm_path} (expected {unigrams_path_for(lm_path)}): beam "
+                    "search with an LM works better with them; pass unigrams_path"
                 )
         self.lm_path = lm_path
         self.unigrams_path = unigrams  # the unigram file in use (None: none, or read from the .arpa)
-        self._spec = _Spec(tuple(self.labels), lm_path, unigrams, options.alpha, options.beta)
+        self.weights = resolve_weights(options)
+        w = self.weights
+        self._spec = _Spec(tuple(self.labels), lm_path, unigrams, w.alpha, w.beta, w.unk_score_offset)
         self._key = uuid.uuid4().hex
         self._decoder = _decoder_for(self._key, self._spec)
+        self.lm_words: frozenset[str] = frozenset()  # the LM's vocabulary as pyctcdecode uses it
+        if lm_path is not None:
+            language_model = self._decoder._language_model
+            self.lm_words = frozenset(getattr(language_model, "_unigram_set", None) or ())
+            self._check_lm_spelling()
+        # decode-time coverage check: words heard (greedy reading) and how many the LM knows
+        self._coverage: list[int] | None = None
+        if lm_path is not None and self.lm_words and check_coverage and not w.from_sidecar:
+            self._coverage = [0, 0]
+            self._greedy = GreedyDecoder(vocab)
         self._kwargs = {
             "beam_width": options.beam_width,
             "beam_prune_logp": options.beam_prune_logp,
@@ -232,10 +320,66 @@ class BeamDecoder(Decoder):
             self._pool = own_pool = context.Pool(options.num_workers)
         self._finalizer = weakref.finalize(self, _release, self._key, own_pool)
 
+    def set_weights(
+        self, alpha: float | None = None, beta: float | None = None, unk_score_offset: float | None = None
+    ) -> None:
+        """Decode with other LM weights from now on (None keeps a weight) without reloading the LM; a pool's
+        workers pick them up with their next task."""
+        if self._decoder is None:
+            raise XlsrEdgeError("this BeamDecoder is closed")
+        changes = {
+            k: v
+            for k, v in (("alpha", alpha), ("beta", beta), ("unk_score_offset", unk_score_offset))
+            if v is not None
+        }
+        self.options = dataclasses.replace(self.options, **changes)  # validated like any BeamOptions
+        w = self.weights
+        given = {k: getattr(self.options, k) for k in ("alpha", "beta", "unk_score_offset")}
+        new = {k: given[k] if given[k] is not None else getattr(w, k) for k in given}
+        self.weights = dataclasses.replace(w, **new, source="given" if len(changes) == 3 else w.source)
+        self._spec = dataclasses.replace(self._spec, **new)
+        _decoder_for(self._key, self._spec)
+
+    def _check_lm_spelling(self) -> None:
+        """The LM's words that use characters the model cannot write can never be decoded: say so, once."""
+        writable = {label for label in self.labels if len(label) == 1 and label != " "}
+        strange = [word for word in self.lm_words if any(ch not in writable for ch in word)]
+        if strange:
+            chars = sorted({ch for word in strange for ch in word if ch not in writable})
+            warn(
+                f"{len(strange)} of the {len(self.lm_words)} words of the language model "
+                f"{os.path.basename(self.lm_path)} use characters the model cannot write "
+                f"({' '.join(chars[:12])}; e.g. {', '.join(sorted(strange)[:3])}); beam search never produces "
+                "them: rebuild the LM with `xlsr-edge lm build --bundle BUNDLE`"
+            )
+
+    def _note_coverage(self, logits: np.ndarray, lengths: np.ndarray) -> None:
+        """Count the words heard (greedy reading of the same logits) that the LM knows; warn once, then stop."""
+        counts = self._coverage
+        for decoded in self._greedy.decode_batch(logits, lengths):
+            for word in decoded.text.split():
+                if "<" not in word:  # <unk>, <s> are tokens, not words
+                    counts[0] += 1
+                    counts[1] += word in self.lm_words
+        heard, known = counts
+        if heard < COVERAGE_MIN_WORDS:
+            return
+        self._coverage = None  # decided: checked once per decoder
+        if known < COVERAGE_WARN_BELOW * heard:
+            lm = os.path.basename(self.lm_path)
+            warn(
+                f"the language model {lm} knows only {100 * known / heard:.0f} % of the words heard so far "
+                f"({known} of {heard}, greedy reading), and its weights are not tuned "
+                f"({self.weights.source}): it may make beam search worse than without it. Run `xlsr-edge lm "
+                f"tune BUNDLE DEV_MANIFEST --lm {lm}` to find weights that help or make it harmless"
+            )
+
     def decode_batch(self, logits: np.ndarray, lengths: np.ndarray | None = None) -> list[Decoded]:
         if self._decoder is None:
             raise XlsrEdgeError("this BeamDecoder is closed")
         logits, lengths = check_batch(logits, lengths, len(self.labels))
+        if self._coverage is not None:
+            self._note_coverage(logits, lengths)
         tasks, slots = [], []
         for i, length in enumerate(lengths.tolist()):
             if length > 0:  # pyctcdecode cannot take zero frames

@@ -6,28 +6,42 @@ The kenlm Python module can only query models; building one needs KenLM's comman
 Unigram file convention (one place, used by build_lm and the beam decoder): the words of an LM live next to it in
 `<lm path without its LM suffix>.unigrams.txt`, one word per line, e.g. `lm.arpa`, `lm.arpa.gz` and `lm.bin` all
 use `lm.unigrams.txt` (so an ARPA model and the binary made from it share one list).
+
+Tuned weights (`xlsr-edge lm tune`) live next to the LM the same way, in `<stem>.tuned.json`: alpha, beta and the
+unknown-word offset that decoded a dev set best, with the LM's sha256. `resolve_weights` uses them for every
+BeamOptions field left at None, but only while the LM file still has that sha256 (otherwise one warning, and
+pyctcdecode's defaults).
 """
 
 from __future__ import annotations
 
 import gzip
+import json
+import logging
+import math
 import os
 import shutil
 import subprocess
 import time
 import unicodedata
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..bundle import sha256_file
 from ..errors import XlsrEdgeError
 from ..outputs import install_files, recover, scratch_folder
 from ..text import normalize_text
-from .options import LM_SUFFIXES
+from .options import LM_SUFFIXES, PYCTCDECODE_WEIGHTS
+
+logger = logging.getLogger(__name__)
 
 ENV_KENLM_BIN = "XLSR_EDGE_KENLM_BIN"
 UNIGRAMS_SUFFIX = ".unigrams.txt"
+TUNED_SUFFIX = ".tuned.json"
+TUNED_SCHEMA = 1
 KENLM_MAX_ORDER = (
     6  # KENLM_MAX_ORDER of the kenlm module and build_binary as pip and scripts/build_kenlm.sh build them
 )
@@ -93,6 +107,277 @@ def unigrams_path_for(lm_path: str | os.PathLike) -> Path:
     """The unigram list that belongs to an LM: `lm.arpa` / `lm.arpa.gz` / `lm.bin` -> `lm.unigrams.txt`."""
     path = Path(lm_path)
     return path.with_name(_strip_lm_suffix(path.name) + UNIGRAMS_SUFFIX)
+
+
+def tuned_path_for(lm_path: str | os.PathLike) -> Path:
+    """The tuned-weights sidecar of an LM: `lm.bin` -> `lm.tuned.json` (written by `xlsr-edge lm tune`)."""
+    path = Path(lm_path)
+    return path.with_name(_strip_lm_suffix(path.name) + TUNED_SUFFIX)
+
+
+def warn(message: str) -> None:
+    """One prefixed warning line (`warning: ...`) through this package's logger: what a user sees on stderr
+    when logging is not configured (Python prints a warning's bare message then)."""
+    logging.getLogger("xlsr_edge.decoders").warning("warning: %s", message)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The LM fusion weights a BeamDecoder uses, and where they came from."""
+
+    alpha: float
+    beta: float
+    unk_score_offset: float
+    source: str  # "given", "tuned (lm.tuned.json)", "pyctcdecode defaults", or a mix: "alpha given, ..."
+    tuned: dict[str, Any] | None = None  # the sidecar's content when it was used
+
+    @property
+    def from_sidecar(self) -> bool:
+        return self.tuned is not None
+
+
+# (LM path, size, mtime, sidecar size, sidecar mtime) -> the sidecar's content or None: hashing a large LM once
+# per process, and warning about a stale sidecar once.
+_TUNED_CACHE: dict[tuple, dict[str, Any] | None] = {}
+
+
+def _stat_key(path: Path) -> tuple:
+    try:
+        st = path.stat()
+    except OSError:
+        return (None, None)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def tuned_weights_for(lm_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The content of the LM's tuned sidecar (`tuned_path_for`) when it belongs to this LM file: its `lm_sha256`
+    equals the file's sha256. None when there is no sidecar; None and one warning when it belongs to another
+    LM (the LM was rebuilt since `lm tune`) or cannot be read."""
+    lm = Path(lm_path).absolute()
+    sidecar = tuned_path_for(lm)
+    key = (str(lm), *_stat_key(lm), *_stat_key(sidecar))
+    if key in _TUNED_CACHE:
+        return _TUNED_CACHE[key]
+    data = None
+    if sidecar.is_file():
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            weights = [data.get(k) for k in ("alpha", "beta", "unk_score_offset")]
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+                raise ValueError("alpha, beta and unk_score_offset must be numbers")
+            if not all(math.isfinite(w) for w in weights) or weights[0] < 0 or weights[2] > 0:
+                raise ValueError("alpha must be >= 0, unk_score_offset <= 0, all finite")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            warn(f"ignoring {sidecar}: it cannot be read ({exc}); run `xlsr-edge lm tune` again")
+            data = None
+        else:
+            expected = data.get("lm_sha256")
+            if expected != sha256_file(lm):
+                warn(
+                    f"ignoring the tuned weights in {sidecar}: they were tuned for another version of {lm.name} "
+                    "(its sha256 differs; was the LM rebuilt?); decoding with pyctcdecode's defaults. "
+                    "Run `xlsr-edge lm tune` again"
+                )
+                data = None
+    _TUNED_CACHE[key] = data
+    return data
+
+
+def resolve_weights(options) -> Weights:  # options: BeamOptions
+    """alpha, beta and unk_score_offset for BeamOptions: each field given (not None) is used as it is; the
+    others come from the LM's tuned sidecar when one matches the LM (tuned_weights_for), else pyctcdecode's
+    defaults (0.5, 1.5, -10)."""
+    given = {
+        "alpha": options.alpha,
+        "beta": options.beta,
+        "unk_score_offset": options.unk_score_offset,
+    }
+    missing = [name for name, value in given.items() if value is None]
+    if not missing:
+        return Weights(**given, source="given")
+    tuned = tuned_weights_for(options.lm_path) if options.lm_path is not None else None
+    fallback = dict(zip(("alpha", "beta", "unk_score_offset"), PYCTCDECODE_WEIGHTS))
+    values = {
+        name: float(value if value is not None else (tuned or fallback)[name])
+        for name, value in given.items()
+    }
+    origin = f"tuned ({tuned_path_for(options.lm_path).name})" if tuned else "pyctcdecode defaults"
+    if len(missing) == len(given):
+        source = origin
+    else:
+        source = ", ".join(name + " given" for name in given if name not in missing) + f", others {origin}"
+    return Weights(**values, source=source, tuned=tuned)
+
+
+def write_tuned_weights(lm_path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write `tuned_path_for(lm_path)` (atomically: a temp file renamed into place) with `data` plus the LM's
+    sha256 and the schema version. Returns the sidecar's path."""
+    lm = Path(lm_path)
+    target = tuned_path_for(lm)
+    content = {"schema": TUNED_SCHEMA, "lm": lm.name, "lm_sha256": sha256_file(lm), **data}
+    recover(target)
+    with scratch_folder(target) as tmpdir:
+        staged = tmpdir / "tuned.json"
+        staged.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        install_files([(staged, target)])
+    _TUNED_CACHE.clear()
+    return target
+
+
+# -- fitting text to what a model can write ------------------------------------------------------------------
+
+
+def model_alphabet(tokens: Sequence[str], blank_id: int, word_delimiter: str) -> set[str]:
+    """The characters a CTC model can write: its single-character tokens except the blank and the word
+    delimiter (multi-character tokens such as <unk>, <s> are never words of a corpus)."""
+    return {
+        token
+        for index, token in enumerate(tokens)
+        if len(token) == 1 and index != blank_id and token != word_delimiter and not token.isspace()
+    }
+
+
+def _example(items: list[str], word: str, limit: int = 5) -> None:
+    if word not in items and len(items) < limit:
+        items.append(word)
+
+
+@dataclass
+class CorpusFit:
+    """What `TextFitter` changed: characters mapped (to a base letter, or removed: apostrophes) and words
+    dropped because they hold a character the model cannot write (digits, foreign letters, symbols)."""
+
+    mapped: Counter = field(default_factory=Counter)  # (char, replacement) -> occurrences ("" = removed)
+    dropped: Counter = field(default_factory=Counter)  # char -> words dropped because of it
+    dropped_words: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)  # char -> a few words it changed or dropped
+    lines_dropped: int = 0  # lines left empty
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.mapped or self.dropped_words)
+
+    def summary(self) -> list[str]:
+        """Human-readable lines: counts per mapped and per dropping character, with examples."""
+        out = []
+        if self.mapped:
+            parts = []
+            for (char, repl), n in self.mapped.most_common():
+                what = "removed" if repl == "" else f"-> {repl!r}"
+                examples = ", ".join(self.examples.get(char, [])[:3])
+                parts.append(f"{char!r} {what} x{n}" + (f" ({examples})" if examples else ""))
+            lines = sum(self.mapped.values())
+            out.append(f"mapped {lines} characters the model cannot write: " + "; ".join(parts))
+        if self.dropped_words:
+            parts = []
+            for char, n in self.dropped.most_common(12):
+                examples = ", ".join(self.examples.get(char, [])[:3])
+                parts.append(f"{char!r} x{n}" + (f" ({examples})" if examples else ""))
+            out.append(
+                f"dropped {self.dropped_words} words with characters the model cannot write: "
+                + "; ".join(parts)
+            )
+        if self.lines_dropped:
+            out.append(f"dropped {self.lines_dropped} lines left without words")
+        return out
+
+
+class TextFitter:
+    """Fit normalized text to a model's alphabet, word by word: a character the model lacks is mapped when that
+    keeps the word as the model would spell it (an apostrophe is removed, `ankara'dır` -> `ankaradır`; a letter
+    with a diacritic the model lacks becomes its base letter, `â` -> `a`), otherwise the word is dropped (digits,
+    letters of another alphabet, symbols: no spelling the model can write says how it is pronounced). A model
+    whose alphabet has upper-case letters only gets upper-cased text."""
+
+    APOSTROPHE = "'"
+
+    def __init__(self, alphabet: Collection[str]) -> None:
+        self.alphabet = frozenset(alphabet)
+        letters = [c for c in self.alphabet if c.isalpha()]
+        self.upper = bool(letters) and all(c.isupper() for c in letters)
+        self.fit = CorpusFit()
+        self._map: dict[str, str | None] = {}
+
+    def _map_char(self, char: str) -> str | None:
+        """The replacement of a character outside the alphabet ("" = removed), None = the word must go."""
+        if char in self._map:
+            return self._map[char]
+        repl: str | None = None
+        if char == self.APOSTROPHE or char in "\u2019\u2018\u02bc":
+            repl = ""
+        else:
+            base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+            if self.upper:
+                base = base.upper()
+            if base and base != char and all(c in self.alphabet for c in base):
+                repl = base
+        self._map[char] = repl
+        return repl
+
+    def word(self, word: str) -> str | None:
+        """The word spelled with the model's alphabet, or None when it cannot be (counted in `fit`)."""
+        if self.upper:
+            word = word.upper()
+        out = []
+        for char in word:
+            if char in self.alphabet:
+                out.append(char)
+                continue
+            repl = self._map_char(char)
+            if repl is None:
+                self.fit.dropped[char] += 1
+                self.fit.dropped_words += 1
+                _example(self.fit.examples.setdefault(char, []), word)
+                return None
+            out.append(repl)
+        fitted = "".join(out)
+        if fitted != word:
+            for char in word:
+                if char not in self.alphabet:
+                    self.fit.mapped[(char, self._map_char(char) or "")] += 1
+                    _example(self.fit.examples.setdefault(char, []), f"{word} -> {fitted}")
+        return fitted or None
+
+    def line(self, line: str) -> str:
+        """A normalized line with every word fitted ("" when no word is left)."""
+        words = [w for w in (self.word(word) for word in line.split()) if w]
+        if not words and line.strip():
+            self.fit.lines_dropped += 1
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
+class OovReport:
+    """How much of some text an LM's vocabulary covers."""
+
+    words: int  # running words of the text
+    oov: int  # of them not in the LM's vocabulary
+    distinct_oov: tuple[str, ...]  # most frequent first
+
+    @property
+    def rate(self) -> float:
+        return self.oov / self.words if self.words else 0.0
+
+    def describe(self, what: str) -> str:
+        examples = ", ".join(self.distinct_oov[:8])
+        return (
+            f"out-of-vocabulary rate on {what}: {100 * self.rate:.1f} % ({self.oov} of {self.words} words; "
+            f"{len(self.distinct_oov)} distinct" + (f": {examples}" if examples else "") + ")"
+        )
+
+
+def oov_rate(vocabulary: Collection[str], texts: Iterable[str]) -> OovReport:
+    """Share of the words of `texts` (already normalized, split on whitespace) that are not in `vocabulary`."""
+    counts: Counter = Counter()
+    total = 0
+    for text in texts:
+        for word in text.split():
+            total += 1
+            if word not in vocabulary:
+                counts[word] += 1
+    return OovReport(total, sum(counts.values()), tuple(w for w, _ in counts.most_common()))
 
 
 def read_unigrams(path: str | os.PathLike) -> list[str]:
@@ -235,13 +520,17 @@ def build_lm(
     language: str | None = None,
     normalize: bool = True,
     log: Callable[[str], None] | None = None,
+    alphabet: Collection[str] | None = None,
 ) -> Path:
     """Train a word n-gram LM on a text corpus (one sentence per line) and write it as .arpa, .arpa.gz or a KenLM
     binary (.bin/.binary/.klm), plus `unigrams_path_for(out_path)`: the corpus's sorted unique words.
 
-    Lines go through normalize_corpus (the recipe's transcript normalization for ``language``). prune: None
-    (no pruning), an int k (drop n-grams of order >= 2 seen <= k times) or lmplz's per-order thresholds, e.g.
-    (0, 0, 1). ``log`` receives one line per stage. Returns out_path.
+    Lines go through normalize_corpus (the recipe's transcript normalization for ``language``). ``alphabet``
+    (the characters the acoustic model can write, `model_alphabet`): words are then fitted to it by
+    `TextFitter` (apostrophes removed, diacritics the model lacks mapped to base letters, words with digits or
+    foreign letters dropped), with the counts logged. prune: None (no pruning), an int k (drop n-grams of
+    order >= 2 seen <= k times) or lmplz's per-order thresholds, e.g. (0, 0, 1). ``log`` receives one line per
+    stage. Returns out_path.
 
     Crash safety: all work happens in a temp folder next to the LM (`.NAME.xlsr-tmp-PID`, removed by the next
     run if a kill leaves it), so the finished files are renamed into place on the same filesystem; an existing
@@ -274,14 +563,20 @@ def build_lm(
         words: set[str] = set()
         n_lines = 0
         stage(f"normalizing {text_path}")
+        fitter = TextFitter(alphabet) if alphabet is not None else None
         try:
             with open(text_path, encoding="utf-8") as src, open(corpus, "w", encoding="utf-8") as dst:
                 for line in normalize_corpus(src, language, normalize):
+                    if fitter is not None and not (line := fitter.line(line)):
+                        continue
                     dst.write(line + "\n")
                     words.update(line.split())
                     n_lines += 1
         except UnicodeDecodeError as exc:
             raise XlsrEdgeError(f"corpus {text_path} is not UTF-8 text: {exc}") from exc
+        if fitter is not None:
+            for line in fitter.fit.summary() or ["every word uses only characters the model can write"]:
+                stage(line)
         if n_lines == 0:
             raise XlsrEdgeError(f"corpus {text_path} has no text to train a language model on")
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 # Suffixes of KenLM files the beam decoder accepts (kenlm.Model detects ARPA vs binary by content).
 LM_SUFFIXES = (".arpa", ".arpa.gz", ".bin", ".binary", ".klm")
+# pyctcdecode 0.5.0's defaults (alpha, beta, unk_score_offset), tuned on English LibriSpeech: used for an LM
+# without a matching tuned sidecar (xlsr_edge.decoders.lm.resolve_weights).
+PYCTCDECODE_WEIGHTS = (0.5, 1.5, -10.0)
 
 
 def _is_int(value: object) -> bool:
@@ -46,7 +49,10 @@ class GreedyOptions:
 class BeamOptions:
     """CTC prefix beam search (pyctcdecode), optionally fused with a KenLM n-gram model.
 
-    beam_width: beams kept per frame. alpha: LM weight; beta: word insertion bonus (both only used with an LM).
+    beam_width: beams kept per frame. alpha: LM weight; beta: word insertion bonus; unk_score_offset: score added
+    for a word the LM does not know (all three only used with an LM). None (the default) = the value `xlsr-edge lm
+    tune` stored next to the LM (`<lm stem>.tuned.json`, used only while the LM's sha256 matches), else
+    pyctcdecode's default (PYCTCDECODE_WEIGHTS); see xlsr_edge.decoders.lm.resolve_weights.
     lm_path: .arpa, .arpa.gz or KenLM binary (.bin/.binary/.klm). unigrams_path: the LM's words, one per line;
     None = `<lm stem>.unigrams.txt` next to the LM when it exists (see xlsr_edge.decoders.lm.unigrams_path_for).
     hotwords: words or phrases boosted by hotword_weight per match. num_workers > 1: the decoder forks its own
@@ -55,8 +61,8 @@ class BeamOptions:
     """
 
     beam_width: int = 100
-    alpha: float = 0.5
-    beta: float = 1.5
+    alpha: float | None = None
+    beta: float | None = None
     lm_path: str | None = None
     unigrams_path: str | None = None
     hotwords: tuple[str, ...] = ()
@@ -64,16 +70,24 @@ class BeamOptions:
     num_workers: int = 0
     beam_prune_logp: float = -10.0
     token_min_logp: float = -5.0
+    unk_score_offset: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalize fields in place once, here
         if not _is_int(self.beam_width) or self.beam_width < 1:
             raise ValueError(f"beam_width must be an integer >= 1, got {self.beam_width!r}")
-        alpha = _finite("alpha", self.alpha)
-        if alpha < 0:
-            raise ValueError(f"alpha (LM weight) must be >= 0, got {alpha}")
-        set_(self, "alpha", alpha)
-        set_(self, "beta", _finite("beta", self.beta))
+        if self.alpha is not None:
+            alpha = _finite("alpha", self.alpha)
+            if alpha < 0:
+                raise ValueError(f"alpha (LM weight) must be >= 0, got {alpha}")
+            set_(self, "alpha", alpha)
+        if self.beta is not None:
+            set_(self, "beta", _finite("beta", self.beta))
+        if self.unk_score_offset is not None:
+            unk = _finite("unk_score_offset", self.unk_score_offset)
+            if unk > 0:
+                raise ValueError(f"unk_score_offset is a penalty and must be <= 0, got {unk}")
+            set_(self, "unk_score_offset", unk)
 
         lm_path = _path_or_none("lm_path", self.lm_path)
         if lm_path is not None and not lm_path.lower().endswith(LM_SUFFIXES):

@@ -84,18 +84,59 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
-def _check_vocab_json(folder: Path) -> None:
+def _vocab_languages(folder: Path) -> list[str] | None:
+    """The languages of an MMS-style vocab.json (one vocabulary per language), None for a plain one."""
+    path = folder / "vocab.json"
+    if not path.is_file():
+        return None
+    vocab = _read_json(path, "a JSON object of token -> id", _unique_keys)
+    if vocab and all(isinstance(v, dict) for v in vocab.values()):
+        return list(vocab)
+    return None
+
+
+def _list_languages(langs: list[str], limit: int = 60) -> str:
+    shown = ", ".join(langs[:limit])
+    return shown + (f" and {len(langs) - limit} more" if len(langs) > limit else "")
+
+
+def choose_target_lang(folder: Path, target_lang: str | None) -> str | None:
+    """The language of an MMS-style vocab.json: --target-lang, else the tokenizer's saved target_lang.
+
+    None for a plain vocab.json. Without either on a per-language file: CheckpointError listing its languages.
+    """
+    langs = _vocab_languages(folder)
+    if langs is None:
+        if target_lang is not None:
+            raise CheckpointError(
+                f"--target-lang {target_lang}: {folder / 'vocab.json'} holds a single vocabulary; --target-lang "
+                "chooses one language of an MMS checkpoint (one vocabulary per language)"
+            )
+        return None
+    if target_lang is None:
+        tok_config = folder / "tokenizer_config.json"
+        saved = _read_json(tok_config).get("target_lang") if tok_config.is_file() else None
+        if isinstance(saved, str) and saved in langs:
+            return saved
+        raise CheckpointError(
+            f"{folder / 'vocab.json'} holds one vocabulary per language ({len(langs)}: {_list_languages(langs)}); "
+            "choose one with --target-lang LANG"
+        )
+    if target_lang not in langs:
+        raise CheckpointError(
+            f"--target-lang {target_lang} is not in {folder / 'vocab.json'}; its languages are {_list_languages(langs)}"
+        )
+    return target_lang
+
+
+def _check_vocab_json(folder: Path, target_lang: str | None) -> None:
     """vocab.json maps N distinct tokens to exactly the ids 0..N-1 (the lm_head rows)."""
     path = folder / "vocab.json"
     if not path.is_file():
         raise CheckpointError(f"{folder} has no vocab.json: save the processor (tokenizer) with the model")
     vocab = _read_json(path, "a JSON object of token -> id", _unique_keys)
-    tok_config = folder / "tokenizer_config.json"
-    target = _read_json(tok_config).get("target_lang") if tok_config.is_file() else None
-    if isinstance(target, str) and isinstance(
-        vocab.get(target), dict
-    ):  # MMS style: one vocabulary per language
-        vocab = vocab[target]
+    if target_lang is not None:  # MMS style: one vocabulary per language
+        vocab = vocab[target_lang]
     if not vocab:
         raise CheckpointError(f"{path} is empty: a CTC vocabulary needs tokens")
     by_id: dict[int, str] = {}
@@ -118,6 +159,13 @@ def _check_vocab_json(folder: Path) -> None:
             f"{path}: the {n} token ids must be exactly 0..{n - 1}; missing {missing[:5]}, "
             f"found {outside[:5]} instead"
         )
+
+
+def _safetensors_header(path: Path) -> dict:
+    """The JSON header of a (checked) safetensors file: tensor name -> {dtype, shape, data_offsets}."""
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n).decode("utf-8"))
 
 
 def _check_safetensors(path: Path) -> None:

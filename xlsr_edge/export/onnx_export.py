@@ -1,4 +1,5 @@
-"""PyTorch -> ONNX: weight-norm folded, eval mode, padded dummy batch, in-graph frame lengths."""
+"""PyTorch -> ONNX for every CTC family: weight-norm folded, eval mode, padded dummy batch, in-graph frame lengths,
+padding fixes (xlsr_edge.export.masking) and the log-mel front end where the family has one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from xlsr_edge.constants import (
     OUTPUT_LOGITS,
 )
 from xlsr_edge.errors import ExportError
+from xlsr_edge.export.families import Family, Stages, family_of
+from xlsr_edge.export.fbank import FbankFrontEnd
+from xlsr_edge.export.masking import FrameLengths, padding_fixes, squeeze_tail_mask
 
 
 def fold_weight_norm(model: nn.Module) -> int:
@@ -39,36 +43,79 @@ def fold_weight_norm(model: nn.Module) -> int:
     return folded
 
 
+def family_plan(model: nn.Module, info: ModelInfo) -> tuple[Family, Stages]:
+    """The family of a loaded model and its length stages (from the bundle facts and the model config)."""
+    config = model.config.to_dict()
+    family = family_of(config, type(model).__name__)
+    adapters = int(config.get("num_adapter_layers", 3)) if config.get("add_adapter") else 0
+    kernel = list(info.conv_kernel)
+    stages = Stages(kernel, list(info.conv_stride), info.paddings, len(kernel) - adapters)
+    return family, stages
+
+
+def feature_extractor_settings(model: nn.Module, info: ModelInfo) -> dict:
+    """The checkpoint's feature extractor settings (stored on the model by load_model), else its defaults."""
+    stored = getattr(model, "xlsr_feature_extractor", None)
+    if isinstance(stored, dict):
+        return stored
+    stack = info.conv_stride[1] if len(info.conv_stride) > 1 else 2
+    mels = getattr(model.config, "feature_projection_input_dim", 160) // stack
+    return {"sampling_rate": info.sample_rate, "num_mel_bins": mels, "stride": stack}
+
+
 class CTCExportWrapper(nn.Module):
-    """(input_values, attention_mask?) -> (logits, logit_lengths) with lengths from the conv formula."""
+    """(input_values, attention_mask?) -> (logits, logit_lengths): the same forward for every CTC family.
+
+    The backbone is `<base>(inputs, attention_mask).last_hidden_state` and the head `lm_head`, as in every
+    transformers *ForCTC model; a log-mel front end (Wav2Vec2-BERT) runs in the graph first; lengths follow
+    the stages of the length formula (CNN or fbank framing, then add_adapter layers).
+    """
 
     def __init__(self, model: nn.Module, info: ModelInfo, backbone_only: bool = False) -> None:
         super().__init__()
         # backbone_only: output the last hidden states (shared by per-language heads) instead of logits
-        self.model = model.wav2vec2 if backbone_only else model
+        self.family, stages = family_plan(model, info)
+        self.model = model  # node and initializer names keep the model's paths (model.lm_head.bias, ...)
         self.backbone_only = backbone_only
-        self.kernels = list(info.conv_kernel)
-        self.strides = list(info.conv_stride)
         self.uses_mask = info.uses_attention_mask
-
-    def _frames(self, samples: torch.Tensor) -> torch.Tensor:
-        for k, s in zip(self.kernels, self.strides):
-            samples = torch.div(samples - k, s, rounding_mode="floor") + 1
-        return samples.clamp(min=0)
+        self.lengths = FrameLengths(stages)
+        self.squeeze = int(model.config.squeeze_factor) if self.family.squeeze else 0
+        self.front_end = (
+            FbankFrontEnd(feature_extractor_settings(model, info)) if self.family.front_end == "fbank" else None
+        )
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if self.uses_mask:
-            out = self.model(input_values, attention_mask=attention_mask)
             samples = attention_mask.sum(-1)
         else:
-            out = self.model(input_values)
             samples = torch.ones_like(input_values, dtype=torch.int64).sum(-1)
-        return (out.last_hidden_state if self.backbone_only else out.logits), self._frames(samples)
+        self.lengths.samples = samples  # read by the padding fixes (xlsr_edge.export.masking)
+        base = getattr(self.model, self.family.base)
+        if self.front_end is not None:
+            features, mask = self.front_end(input_values, samples)
+            out = base(features, attention_mask=mask if self.uses_mask else None)
+        elif self.uses_mask:
+            out = base(input_values, attention_mask=attention_mask)
+        else:
+            out = base(input_values)
+        hidden = out[0]
+        if self.squeeze:
+            hidden = squeeze_tail_mask(hidden, self.lengths, self.squeeze)
+        frames = self.lengths.at(len(self.lengths.stages.kernel))
+        return (hidden if self.backbone_only else self.model.lm_head(hidden)), frames
 
 
-def dummy_batch(info: ModelInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    """A padded batch of 2 (so the mask path is traced), lengths not multiples of the stride."""
-    lengths = [info.sample_rate + 123, info.sample_rate // 2 + 7]
+def dummy_batch(info: ModelInfo, stages: Stages | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch of 2 (so the mask path is traced), lengths not multiples of the stride.
+
+    The longer clip has an odd number of encoder frames: SEW/SEW-D pad their upsampled output by one frame
+    only then, and tracing keeps just the branch it saw (the pad of 0 frames is fine for even counts).
+    """
+    long = info.sample_rate + 123
+    if stages is not None:
+        while stages.lengths(long, stages.encoder) % 2 == 0:
+            long += 1
+    lengths = [long, info.sample_rate // 2 + 7]
     values = torch.zeros(len(lengths), max(lengths))
     mask = torch.zeros(len(lengths), max(lengths), dtype=torch.int64)
     gen = torch.Generator().manual_seed(0)
@@ -86,10 +133,12 @@ def export_onnx(
     staging = path.parent / ".export-staging"  # the exporter may scatter one file per tensor here
     staging.mkdir()
     folded = fold_weight_norm(model)
-    wrapper = CTCExportWrapper(
-        model, info, backbone_only
-    ).eval()  # the exporter restores train mode; be explicit
-    values, mask = dummy_batch(info)
+    wrapper = CTCExportWrapper(model, info, backbone_only).eval()  # the exporter restores train mode
+    values, mask = dummy_batch(info, wrapper.lengths.stages)
+    group_norm = info.feat_extract_norm == "group" and wrapper.family.front_end == "waveform"
+    fixes = padding_fixes(
+        model, wrapper.family, wrapper.lengths, uses_mask=info.uses_attention_mask, group_norm=group_norm
+    )
     args = (values, mask) if info.uses_attention_mask else (values,)
     inputs = [INPUT_VALUES, ATTENTION_MASK] if info.uses_attention_mask else [INPUT_VALUES]
     first_output = OUTPUT_HIDDEN if backbone_only else OUTPUT_LOGITS
@@ -101,7 +150,7 @@ def export_onnx(
     if info.uses_attention_mask:
         axes[ATTENTION_MASK] = {0: "batch", 1: "samples"}
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), fixes, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
             torch.onnx.export(
                 wrapper,
@@ -117,7 +166,13 @@ def export_onnx(
     except Exception as exc:  # the exporter raises many types; they are all export failures
         raise ExportError(f"torch.onnx.export failed: {exc}") from exc
     external = _consolidate(staging / path.name, path)
-    return {"weight_norm_folded": folded, "external_data": external, "exporter": "torch.onnx (TorchScript)"}
+    return {
+        "weight_norm_folded": folded,
+        "external_data": external,
+        "exporter": "torch.onnx (TorchScript)",
+        "family": wrapper.family.model_type,
+        "front_end": "SeamlessM4T log-mel fbank in the graph" if wrapper.front_end is not None else "waveform",
+    }
 
 
 def _consolidate(src: Path, path: Path) -> bool:

@@ -167,13 +167,18 @@ def describe_decoder(options: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(options, Decoder):
         return options.name, {}
     if isinstance(options, BeamOptions):
-        return "beam", {
-            "beam_width": options.beam_width,
-            "alpha": options.alpha,
-            "beta": options.beta,
-            "lm": options.lm_path,
-            "hotwords": list(options.hotwords),
-        }
+        from xlsr_edge.decoders.lm import resolve_weights
+
+        weights = resolve_weights(options)  # what the decoder uses: given, tuned (LM.tuned.json) or defaults
+        described = {"beam_width": options.beam_width, "lm": options.lm_path}
+        if options.lm_path is not None:
+            described.update(
+                alpha=weights.alpha,
+                beta=weights.beta,
+                unk_score_offset=weights.unk_score_offset,
+                weights=weights.source,
+            )
+        return "beam", {**described, "hotwords": list(options.hotwords)}
     return "greedy", {}
 
 

@@ -43,7 +43,14 @@ from xlsr_edge.scale.cluster import (
     import_ray,
     pool_size,
 )
-from xlsr_edge.scale.worker import BundleSource, TranscribeWorker, WorkerConfig, bundle_sha256, pack_bundle
+from xlsr_edge.scale.worker import (
+    BundleSource,
+    TranscribeWorker,
+    WorkerConfig,
+    bundle_sha256,
+    pack_bundle,
+    utf8,
+)
 
 SHARD_ROWS = 1000
 SHARD_SECONDS = (
@@ -262,14 +269,16 @@ def transcribe_dataset(
         "inputs": meta,
     }
     run, before = output.prepare(out, job, resume=options.resume, protect=[("the bundle", bundle)])
-    todo = [r for r in inputs if r.id not in before.ids]
+    todo = list(inputs)  # MUTATION
     by_id = {r.id: r for r in inputs}
     if before.rows:
         _say(options, f"{out}: {len(before.ids)} of {len(inputs)} inputs already written, {len(todo)} to go")
 
     writer = output.ShardWriter(out, options.format, run)
     seen = set(before.ids)
-    state: dict[str, Any] = {"written": 0, "dropped": 0, "audio": 0.0, "first": None, "interrupted": False}
+    # t_first/t_last: when the first/last results arrived; first_audio: the audio of the first results
+    state: dict[str, Any] = {"written": 0, "dropped": 0, "audio": 0.0, "interrupted": False}
+    state.update(t_first=None, t_last=None, first_audio=0.0)
     conn_info: dict[str, Any] = {}
     pool_info: dict[str, Any] = {}
     buffer: list[dict[str, Any]] = []
@@ -306,11 +315,12 @@ def transcribe_dataset(
                     )
                     source = bundle_source(conn, bundle, sha, options.ship_bundle)
                     config = worker_config(source, options, pool)
-                    t_pipe = time.perf_counter()
                     items = [(r.id, r.path) for r in todo]
                     for rows in run_pipeline(conn, items, config, pool, options.task_size, sizes):
-                        if state["first"] is None:
-                            state["first"] = time.perf_counter() - t_pipe
+                        state["t_last"] = time.perf_counter()
+                        first = state["t_first"] is None
+                        if first:
+                            state["t_first"] = state["t_last"]
                         for res in rows:
                             key = res["id"]
                             if key in seen or key not in by_id:  # a batch that ran twice
@@ -320,6 +330,8 @@ def transcribe_dataset(
                             buffer.append(_row(by_id[key], res, sha))
                             if res.get("error") is None:
                                 state["audio"] += float(res.get("duration") or 0.0)
+                        if first:
+                            state["first_audio"] = state["audio"]
                         while len(buffer) >= options.shard_rows:
                             flush(options.shard_rows)
                         if buffer and time.perf_counter() - last_flush >= options.shard_seconds:
@@ -338,13 +350,11 @@ def transcribe_dataset(
 
 
 def _row(inp: InputRow, res: dict[str, Any], sha: str) -> dict[str, Any]:
-    from xlsr_edge.scale.worker import _clean
-
     return {
         "id": inp.id,
-        "source": _clean(inp.source),
+        "source": utf8(inp.source),
         "line": inp.line,
-        "audio": _clean(inp.audio),
+        "audio": utf8(inp.audio),
         "reference": inp.reference,
         "text": res.get("text"),
         "words": res.get("words"),
@@ -375,11 +385,11 @@ def _finish(
     final = output.scan(out, sha)
     expected = {r.id for r in inputs}
     missing = len(expected - final.ids)
-    first = state["first"]
     audio_h = state["audio"] / 3600
-    steady = None
-    if first is not None and wall - first - conn_info.get("connect_seconds", 0) > 0:
-        steady = audio_h / ((wall - first - conn_info.get("connect_seconds", 0)) / 3600)
+    t_first, t_last = state["t_first"], state["t_last"]
+    steady = None  # between the first and the last results: the pool at work, start-up and shutdown excluded
+    if t_first is not None and t_last > t_first:
+        steady = (state["audio"] - state["first_audio"]) / (t_last - t_first)
     summary = {
         "tool": output.KIND.writer,
         "bundle": str(bundle),
@@ -400,11 +410,10 @@ def _finish(
             "duplicates_dropped": state["dropped"],
             "audio_hours": round(audio_h, 6),
             "wall_seconds": round(wall, 3),
-            "startup_seconds": None
-            if first is None
-            else round(conn_info.get("connect_seconds", 0) + first, 3),
+            "first_result_seconds": None if t_first is None else round(t_first - t_start, 3),
             "audio_hours_per_hour": round(audio_h / (wall / 3600), 3) if wall > 0 else None,
             "steady_audio_hours_per_hour": None if steady is None else round(steady, 3),
+            "overhead_seconds": None if not steady else round(wall - state["audio"] / steady, 3),
             "interrupted": state["interrupted"],
             "error": state.get("error"),
             "shards": [p.name for p in writer.written],

@@ -41,7 +41,9 @@ from xlsr_edge.errors import BundleError
 ENV_DELAY = "XLSR_EDGE_TEST_WORKER_DELAY"
 ENV_PIDS = "XLSR_EDGE_TEST_WORKER_PIDS"
 
-CACHE_FOLDER = "xlsr-edge-bundles"  # under the node's temp folder: shipped bundles, one folder per sha256
+# shipped bundles, one folder per sha256, on every node: $XLSR_EDGE_BUNDLE_CACHE, else TMPDIR/xlsr-edge-bundles
+ENV_CACHE = "XLSR_EDGE_BUNDLE_CACHE"
+CACHE_FOLDER = "xlsr-edge-bundles"
 
 
 def bundle_sha256(folder: str | Path) -> str:
@@ -76,7 +78,7 @@ def pack_bundle(folder: str | Path) -> dict[str, bytes]:
 
 def unpack_bundle(files: dict[str, bytes], sha256: str, root: str | Path | None = None) -> Path:
     """The shipped bundle as a folder `ROOT/SHA256`, written once per node and checked by sha256."""
-    root = Path(root or Path(tempfile.gettempdir()) / CACHE_FOLDER)
+    root = Path(root or os.environ.get(ENV_CACHE) or Path(tempfile.gettempdir()) / CACHE_FOLDER)
     dest = root / sha256
     if dest.is_dir() and _matches(dest, sha256):
         return dest
@@ -164,7 +166,7 @@ def result_schema():
     )
 
 
-def _clean(text: str | None) -> str | None:
+def utf8(text: str | None) -> str | None:
     """Arrow strings are UTF-8: a file name's undecodable bytes (surrogates) become backslash escapes."""
     if text is None:
         return None
@@ -223,10 +225,10 @@ class TranscribeWorker:
             rows.append(
                 {
                     "id": key,
-                    "text": _clean(t.text) if ok else None,
+                    "text": utf8(t.text) if ok else None,
                     "words": [_word(w) for w in t.words] if ok else None,
                     "duration": float(t.duration) if ok else None,
-                    "error": None if ok else _clean(str(t.error)),
+                    "error": None if ok else utf8(str(t.error)),
                     "decoder": t.decoder or None,
                     "language": t.language,
                     "language_confidence": t.language_confidence,
@@ -245,7 +247,7 @@ class TranscribeWorker:
 
 
 def _word(w: dict[str, Any]) -> dict[str, Any]:
-    return {"word": _clean(str(w["word"])), "start": float(w["start"]), "end": float(w["end"])}
+    return {"word": utf8(str(w["word"])), "start": float(w["start"]), "end": float(w["end"])}
 
 
 def _test_hooks() -> None:

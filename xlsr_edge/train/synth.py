@@ -23,6 +23,14 @@ What a corpus is made of (all decided by ``--seed``; the same seed and options g
   With ``holdout_voice`` that voice is never used for train/dev/test; instead every test sentence is
   spoken once more by it into ``test_voice.jsonl`` (an "accent" test on the same text).
 * The corpus stops at the first utterance where train + dev + test reach ``hours``.
+
+**Natural sentences** (``sentences``, `synth --sentences FILE`): instead of drawn word sequences, every line of
+the file is spoken (``repeat`` times, each with its own drawn voice, speed and pitch) into one manifest,
+``sentences.jsonl``, in file order, so an LM's effect can be measured on text with real word order. espeak-ng
+reads the line as written (punctuation gives it its pauses); the transcript is the normalized line fitted to
+the language's alphabet like an LM corpus (``xlsr_edge.decoders.lm.TextFitter``: apostrophes removed,
+``ankara'ya`` -> ``ankaraya``). A line with a word the alphabet cannot spell (digits, foreign letters) is left
+out and counted: espeak-ng would say it in a way no transcript can write. ``hours`` is then an optional cap.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from xlsr_edge.text import normalize_text
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
 HOLDOUT_SPLIT = "test_voice"
+SENTENCES_SPLIT = "sentences"  # the one manifest of a corpus made from a sentence file
 INFO_FILE = "synth.json"  # written last: a folder with it is a corpus this command wrote
 CORPUS = OutputKind("speech corpus", "xlsr-edge synth", has_file(INFO_FILE))
 
@@ -93,7 +102,7 @@ BUILTIN_WORDS = {
 @dataclass(frozen=True)
 class SynthOptions:
     language: str
-    hours: float
+    hours: float | None  # None: only with sentences (every sentence, however long that takes)
     out: Path
     voices: tuple[str, ...] = ()  # empty: the language's default variants (VARIANTS)
     seed: int = 0
@@ -109,10 +118,18 @@ class SynthOptions:
     pitch: tuple[int, int] = (30, 70)  # espeak-ng -p, 0-99
     overwrite: bool = False
     progress: bool = True
+    sentences: Path | None = None  # a text file, one sentence per line, spoken instead of drawn words
+    repeat: int = 1  # with sentences: each is spoken this many times (other voices)
 
     def __post_init__(self) -> None:
-        if self.hours <= 0:
+        if self.hours is None and self.sentences is None:
+            raise XlsrEdgeError("--hours is required (unless --sentences FILE gives the text to speak)")
+        if self.hours is not None and self.hours <= 0:
             raise XlsrEdgeError(f"--hours must be positive, got {self.hours}")
+        if self.repeat < 1:
+            raise XlsrEdgeError(f"--repeat must be at least 1, got {self.repeat}")
+        if self.sentences is not None and self.holdout_voice:
+            raise XlsrEdgeError("--holdout-voice does not apply to --sentences (one manifest, every voice)")
         if (
             not 0 <= self.dev_share < 1
             or not 0 <= self.test_share < 1
@@ -135,6 +152,7 @@ class Plan:
     voice: str
     speed: int
     pitch: int
+    spoken: str | None = None  # what espeak-ng reads when it differs from the transcript (natural sentences)
 
     @property
     def audio(self) -> str:
@@ -148,6 +166,8 @@ class SynthReport:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     word_source: str = ""
+    dropped: list[str] = field(default_factory=list)  # sentences left out (words the alphabet cannot spell)
+    fitted: list[str] = field(default_factory=list)  # what fitting the sentences to the alphabet changed
 
 
 # -- text ---------------------------------------------------------------------------------------------------
@@ -275,7 +295,7 @@ def check_voice(voice: str, exe: str) -> None:
 def _render(plan: Plan, out: Path, exe: str) -> float:
     import soundfile as sf
 
-    y = synthesize(plan.text, plan.voice, plan.speed, plan.pitch, exe)
+    y = synthesize(plan.spoken or plan.text, plan.voice, plan.speed, plan.pitch, exe)
     path = out / plan.audio
     sf.write(str(path), y, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return round(len(y) / SAMPLE_RATE, 4)
@@ -317,6 +337,117 @@ def holdout_plan(plan: Plan, voice: str, seed: int) -> Plan:
     )
 
 
+def read_sentences(path: Path, language: str) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """(spoken line, transcript) per usable line of a sentence file, the lines left out, and what fitting the
+    transcripts to the language's alphabet changed (see the module docstring)."""
+    from xlsr_edge.decoders.lm import TextFitter
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise XlsrEdgeError(f"--sentences: {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise XlsrEdgeError(f"--sentences: {path} is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise XlsrEdgeError(f"--sentences: cannot read {path}: {exc.strerror or exc}") from None
+    letters = ALPHABETS.get(base_language(language))
+    fitter = TextFitter(letters) if letters else None
+    kept: list[tuple[str, str]] = []
+    dropped: list[str] = []
+    seen: set[str] = set()
+    for line in lines:
+        spoken = " ".join(line.split())
+        text = normalize_text(spoken, language)
+        if not text:
+            continue
+        if fitter is not None:
+            words = [fitter.word(w) for w in text.split()]
+            ok = all(w is not None for w in words)
+            text = " ".join(w for w in words if w)
+        else:
+            ok = all(w.replace("'", "").isalpha() for w in text.split())
+        if not ok:
+            dropped.append(spoken)
+        elif text not in seen:  # each sentence once: a repeated line would count twice in every score
+            seen.add(text)
+            kept.append((spoken, text))
+    if not kept:
+        raise XlsrEdgeError(f"--sentences: {path} has no sentence the {language!r} alphabet can spell")
+    fitted = fitter.fit.summary() if fitter is not None else []
+    # the words of dropped sentences are counted as dropped by the fitter; say "sentences" instead
+    fitted = [line for line in fitted if not line.startswith("dropped")]
+    return kept, dropped, fitted
+
+
+def _build_from_sentences(options: SynthOptions, out: Path, exe: str, voices: Sequence[str]) -> SynthReport:
+    """Speak every sentence of options.sentences (x repeat) into sentences.jsonl, in file order."""
+    from tqdm import tqdm
+
+    sentences, dropped, fitted = read_sentences(options.sentences, options.language)
+    rng = np.random.default_rng(options.seed)
+    plans = []
+    for spoken, text in sentences:
+        for _ in range(options.repeat):
+            voice = voices[int(rng.integers(len(voices)))]
+            speed = int(rng.integers(options.speed[0], options.speed[1] + 1))
+            pitch = int(rng.integers(options.pitch[0], options.pitch[1] + 1))
+            plans.append(Plan(len(plans), SENTENCES_SPLIT, text, voice, speed, pitch, spoken=spoken))
+    target = options.hours * 3600.0 if options.hours is not None else math.inf
+    report = SynthReport(out=out, word_source=f"sentences from {options.sentences}")
+    report.dropped, report.fitted = dropped, fitted
+    lines: list[str] = []
+    done = 0.0
+    with (
+        atomic_output(out, CORPUS, overwrite=options.overwrite) as tmp,
+        ThreadPoolExecutor(options.jobs) as pool,
+    ):
+        (tmp / "audio").mkdir()
+        bar = tqdm(total=len(plans), unit="utt", desc="synth", disable=not options.progress)
+        step = 16 * options.jobs
+        for start in range(0, len(plans), step):
+            if done >= target:
+                break
+            chunk = plans[start : start + step]
+            for p, d in zip(chunk, pool.map(lambda p: _render(p, tmp, exe), chunk)):
+                if done >= target:
+                    (tmp / p.audio).unlink()
+                    continue
+                lines.append(_line(p, d))
+                done += d
+                bar.update(1)
+        bar.close()
+        (tmp / f"{SENTENCES_SPLIT}.jsonl").write_text(
+            "".join(line + "\n" for line in lines), encoding="utf-8"
+        )
+        report.counts[SENTENCES_SPLIT] = len(lines)
+        report.seconds[SENTENCES_SPLIT] = round(done, 2)
+        info = {
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+            "voices": list(voices),
+            "words": report.word_source,
+            "espeak_ng": _espeak_version(exe),
+            "counts": report.counts,
+            "seconds": report.seconds,
+            "sentences_dropped": dropped,
+            "text": "espeak-ng reads each line as written; the transcript is normalize_text(line, language) "
+            "with apostrophes removed and letters outside the language's alphabet mapped to base letters; "
+            "lines with words the alphabet cannot spell (digits, foreign letters) are left out",
+        }
+        for key in (
+            "progress",
+            "out",
+            "overwrite",
+            "jobs",
+            "top_words",
+            "freq_power",
+            "dev_share",
+            "test_share",
+        ):
+            info["options"].pop(key, None)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return report
+
+
 def build_corpus(options: SynthOptions) -> SynthReport:
     """Synthesize the corpus into ``options.out`` (written atomically: a failure leaves nothing behind)."""
     from tqdm import tqdm
@@ -331,6 +462,8 @@ def build_corpus(options: SynthOptions) -> SynthReport:
             raise XlsrEdgeError("--holdout-voice leaves no voice for train/dev/test; give more --voices")
     for v in voices + ([options.holdout_voice] if options.holdout_voice else []):
         check_voice(v, exe)
+    if options.sentences is not None:
+        return _build_from_sentences(options, out, exe, voices)
     words, freqs, source = load_words(options.language, options.top_words)
     target = options.hours * 3600.0
     report = SynthReport(out=out, word_source=source)
