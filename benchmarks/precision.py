@@ -34,6 +34,7 @@ VARIANTS = {
     "int8-dynamic": {"precision": "int8-dynamic"},
     "int8": {"precision": "int8"},
     "int8-dynamic+cnn": {"precision": "int8-dynamic", "quantize_ops": ("MatMul", "Gemm", "FeatureEncoder")},
+    "int8+cnn": {"precision": "int8", "quantize_ops": ("MatMul", "Gemm", "FeatureEncoder")},
 }
 
 

@@ -13,7 +13,7 @@ load, and for Ray the cluster start, the actors and the shutdown. Columns:
 
 * audio h / h: audio hours per wall-clock hour, end to end;
 * steady audio h / h: plain: audio / (wall - wall of the same command on one clip); Ray: between the first
-  and the last results (summary.json `steady_audio_hours_per_hour`);
+  and the last results (_summary.json `steady_audio_hours_per_hour`);
 * overhead s: wall - audio / steady rate (start-up, shutdown, the tail when one worker finishes last).
 
 Goals (2 cores): ray-1 >= 0.9x plain with 1 thread, ray-2 >= 1.7x ray-1 (end to end). Prints JSON and a
@@ -108,7 +108,7 @@ def ray(bundle: Path, manifest: Path, work: Path, workers: int, prefix: list[str
         wall, _ = timed(cmd)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    s = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    s = json.loads((out / "_summary.json").read_text(encoding="utf-8"))
     assert s["complete"] and s["failed"] == 0, s
     assert set(s["cluster"]["nodes"]) == {"127.0.0.1"}, s["cluster"]
     run = s["run"]

@@ -21,8 +21,9 @@ Sections (``--sections vad,grid,batch,capacity``; each writes its part of result
 3. ``capacity``: ``xlsr-edge serve`` in a child process (127.0.0.1, --threads), N WebSocket clients in this
    process, each streaming a 3-clip conversation (1 s gaps) in real time in 100 ms packets, starts spread over
    1 s. Final latency = arrival of the utterance's final - the wall time its speech end was sent. A level
-   passes when every utterance got its final and p95 <= 1 s. Levels grow x1.5 until one fails, then one
-   bisection step; once with cross-stream batching (--max-batch 32) and once without (--max-batch 1).
+   passes when every utterance got its final and p95 <= 1 s. Levels grow x1.5 until one fails, then bisect;
+   two servers, with cross-stream batching (--max-batch 32) and without (--max-batch 1), run at once and their
+   ladders advance in lockstep (order alternating), so both see the same load from other processes.
 
 4. ``batch``: wall and CPU ms per window of the default window (chunk 1 s + left 2 s + right 0.25 s) by batch
    size, 1 and 2 onnxruntime threads: how much a batched call saves per window on this machine.
@@ -531,22 +532,43 @@ async def run_level(url: str, clips, n: int, per_client: int, packet: int) -> li
     return await asyncio.gather(*tasks)
 
 
+def next_level(n: int, passed: int, failed: int | None) -> int | None:
+    """x1.5 until a level fails, then bisect until the gap is small; None when done."""
+    if failed is None:
+        return int(np.ceil(n * 1.5))
+    if passed and failed - passed > max(2, passed // 8):
+        return (passed + failed) // 2
+    return None
+
+
 def bench_capacity(bundle: Path, args: argparse.Namespace) -> dict:
+    """Both servers run at once; their ladders advance in lockstep, the order alternating every round, so
+    both modes see the same machine (other processes' load drifts)."""
     clips = test_set()
     packet = int(0.1 * RATE)
     modes = {"batching": args.max_batch, "no batching": 1}
-    levels_out, best = [], {}
-    for mode, max_batch in modes.items():
-        server = ServerProcess(
-            bundle, args.server_threads, max_batch, ["--max-wait-ms", str(args.max_wait_ms)]
+    servers = {
+        m: ServerProcess(
+            bundle,
+            args.server_threads,
+            b,
+            ["--max-wait-ms", str(args.max_wait_ms), *args.server_args.split()],
         )
-        try:
-            passed, failed = 0, None
-            n = args.start_streams
-            tried = set()
-            while n not in tried and n <= args.max_streams_tried:
-                tried.add(n)
+        for m, b in modes.items()
+    }
+    state = {m: {"next": args.start_streams, "passed": 0, "failed": None} for m in modes}
+    levels_out = []
+    try:
+        for rnd in range(64):
+            order = list(modes) if rnd % 2 == 0 else list(reversed(modes))
+            active = [m for m in order if state[m]["next"] is not None]
+            if not active:
+                break
+            for mode in active:
+                server, st = servers[mode], state[mode]
+                n = st["next"]
                 before = server.health()
+                load0 = os.getloadavg()[0]
                 cpu0, t0 = proc_cpu_seconds(server.proc.pid), time.monotonic()
                 results = asyncio.run(run_level(server.url, clips, n, args.utterances, packet))
                 wall = time.monotonic() - t0
@@ -569,32 +591,31 @@ def bench_capacity(bundle: Path, args: argparse.Namespace) -> dict:
                         "final_latency_max_s": p["max"],
                         "server_cpu_share": cpu / wall,
                         "mean_batch": windows / calls if calls else None,
+                        "loadavg_1m": round((load0 + os.getloadavg()[0]) / 2, 2),
                         "passed": ok,
                         "first_error": errors[0] if errors else None,
                     }
                 )
                 log(
                     f"{mode}: {n} streams: p50/p95 {p['p50']}/{p['p95']} s, {len(errors)} failed, "
-                    f"server CPU {cpu / wall:.2f} cores, mean batch {levels_out[-1]['mean_batch']}"
+                    f"server CPU {cpu / wall:.2f} cores, mean batch {levels_out[-1]['mean_batch']}, "
+                    f"load {levels_out[-1]['loadavg_1m']}"
                 )
                 for _ in range(100):  # let the server forget the level's streams
                     if server.health()["streams"] == 0:
                         break
                     time.sleep(0.1)
                 if ok:
-                    passed = max(passed, n)
+                    st["passed"] = max(st["passed"], n)
                 else:
-                    failed = n if failed is None else min(failed, n)
-                if failed is None:
-                    n = int(np.ceil(n * 1.5))
-                elif failed - passed > max(2, passed // 8) and passed:
-                    n = (passed + failed) // 2  # one bisection step at a time until close enough
-                else:
-                    break
-            best[mode] = passed
-        finally:
-            code = server.stop()
-            log(f"{mode}: server exited with {code} after SIGTERM")
+                    st["failed"] = n if st["failed"] is None else min(st["failed"], n)
+                st["next"] = next_level(n, st["passed"], st["failed"])
+                if st["next"] is not None and st["next"] > args.max_streams_tried:
+                    st["next"] = None
+    finally:
+        for mode, server in servers.items():
+            log(f"{mode}: server exited with {server.stop()} after SIGTERM")
+    best = {m: state[m]["passed"] for m in modes}
     ratio = best["batching"] / best["no batching"] if best.get("no batching") else None
     return {
         "p95_goal_s": args.p95_goal,
@@ -603,6 +624,7 @@ def bench_capacity(bundle: Path, args: argparse.Namespace) -> dict:
         "server_threads": args.server_threads,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
+        "server_args": args.server_args,
         "levels": levels_out,
         "capacity": best,
         "batching_gain": ratio,
@@ -784,7 +806,8 @@ def markdown(results: dict) -> str:
             f"## Server capacity (real-time streams with p95 final latency <= {c['p95_goal_s']:g} s)",
             "",
             f"Server: {c['server_threads']} onnxruntime thread(s); batching = --max-batch {c['max_batch']} "
-            f"--max-wait-ms {c['max_wait_ms']:g}; clients in the benchmark process on the same machine, "
+            f"--max-wait-ms {c['max_wait_ms']:g} {c.get('server_args', '')}; clients in the benchmark process on "
+            "the same machine, "
             f"{c['utterances_per_client']} utterances each, {c['packet_s'] * 1000:.0f} ms packets.",
             "",
             markdown_table(
@@ -805,6 +828,7 @@ def markdown(results: dict) -> str:
                     ("failed_utterances", "no final"),
                     ("server_cpu_share", "server CPU (cores)", "{:.2f}"),
                     ("mean_batch", "mean batch", "{:.2f}"),
+                    ("loadavg_1m", "machine load", "{:.1f}"),
                     ("passed", "passed"),
                 ],
             ),
@@ -838,6 +862,9 @@ def main() -> int:
     ap.add_argument("--sweep-chunk", type=float, default=1.0)
     ap.add_argument("--sweep-right", type=float, default=0.25)
     ap.add_argument("--server-threads", type=int, default=1)
+    ap.add_argument(
+        "--server-args", default="", help="more `xlsr-edge serve` flags, e.g. '--chunk-seconds 4'"
+    )
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--start-streams", type=int, default=8)

@@ -250,6 +250,9 @@ def test_bad_batches_raise(vocab, shape, lengths, message):
         ({"num_workers": -1}, "num_workers"),
         ({"beam_prune_logp": 1.0}, "beam_prune_logp"),
         ({"token_min_logp": 0.5}, "token_min_logp"),
+        ({"unk_score_offset": 1.0}, "unk_score_offset"),
+        ({"unk_score_offset": float("-inf")}, "unk_score_offset"),
+        ({"unk_score_offset": "-5"}, "unk_score_offset"),
     ],
 )
 def test_beam_options_validation(kwargs, message):
@@ -262,6 +265,9 @@ def test_beam_options_normalize_and_freeze():
     assert options.lm_path == str(Path("x/lm.bin"))
     assert options.hotwords == ("kedi", "ali veli")
     assert isinstance(options.alpha, float)
+    # weights left out are None: the LM's tuned sidecar, else pyctcdecode's defaults (decoders.lm.resolve_weights)
+    assert (options.beta, options.unk_score_offset) == (None, None)
+    assert isinstance(BeamOptions(unk_score_offset=-3).unk_score_offset, float)
     with pytest.raises(AttributeError):
         options.beam_width = 3  # type: ignore[misc]
     assert GreedyOptions() == GreedyOptions()

@@ -445,3 +445,126 @@ def test_malformed_lm_is_one_error_line(tiny_bundle, bad_lms, capfd, name):
     assert not any(s in errors[0] for s in (".cc:", "threw", "codec can't decode")), errors[0]
     if name != "latin1.arpa":  # refused before KenLM reads it: the error line is all the user sees
         assert [line for line in err.splitlines() if line.strip()] == errors
+
+
+# ------------------------------------------------------------ fitting text to the model, OOV rate (issue 18)
+
+
+def test_text_fitter_maps_what_it_can_and_drops_words_it_cannot_spell():
+    from xlsr_edge.decoders.lm import TextFitter, model_alphabet
+
+    alphabet = model_alphabet(TOKENS, blank_id=0, word_delimiter="|") - {"'"}  # a model without an apostrophe
+    assert "a" in alphabet and not {"|", "<pad>", "<unk>", "'"} & alphabet
+    fitter = TextFitter(alphabet)
+    assert fitter.line("ankara'dır çok güzel") == "ankaradır çok güzel"  # apostrophe removed, word kept
+    assert fitter.line("kâr bitti") == "kar bitti"  # â is not in the vocabulary: its base letter is
+    assert fitter.line("1923 yılında kuruldu") == "yılında kuruldu"  # a number has no spelling: dropped
+    assert fitter.line("wifi") == ""
+    fit = fitter.fit
+    assert fit.mapped[("'", "")] == 1 and fit.mapped[("â", "a")] == 1
+    assert fit.dropped["1"] == 1 and fit.dropped["w"] == 1 and fit.dropped_words == 2
+    assert fit.lines_dropped == 1
+    summary = "\n".join(fit.summary())
+    assert "'\\'' removed x1" in summary or '"\'" removed x1' in summary
+    assert "ankara'dır -> ankaradır" in summary and "dropped 2 words" in summary and "1923" in summary
+    # the same text for a model that has the apostrophe keeps it
+    assert TextFitter(alphabet | {"'"}).line("ankara'dır") == "ankara'dır"
+    # a model with an upper-case vocabulary gets upper-case words
+    assert TextFitter(set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")).line("kedi ve köpek") == "KEDI VE KOPEK"
+
+
+def test_oov_rate_counts_running_words():
+    from xlsr_edge.decoders.lm import oov_rate
+
+    report = oov_rate({"bu", "kitap"}, ["bu kitap güzel", "bu ev güzel"])
+    assert (report.words, report.oov) == (6, 3)
+    assert report.distinct_oov == ("güzel", "ev") and report.rate == pytest.approx(0.5)
+    assert "50.0 %" in report.describe("dev.jsonl") and "güzel" in report.describe("dev.jsonl")
+
+
+# ------------------------------------------------------------------------ tuned weights (issue 18)
+
+
+@needs_kenlm
+def test_tuned_sidecar_is_used_by_default_and_ignored_when_the_lm_changes(vocab, corpus, tmp_path, caplog):
+    import json
+    import logging
+
+    from xlsr_edge.bundle import sha256_file
+    from xlsr_edge.decoders.lm import tuned_path_for, write_tuned_weights
+
+    lm = build_lm(corpus, tmp_path / "lm.bin", order=2)
+    logits = misspelled_logits()
+
+    def decode(**weights) -> tuple[str, object]:
+        with BeamDecoder(vocab, BeamOptions(beam_width=16, lm_path=str(lm), **weights)) as decoder:
+            return decoder.decode(logits).text, decoder.weights
+
+    text, weights = decode()  # no sidecar: pyctcdecode's defaults, and the LM fixes the misspelling
+    assert text == "bu kitap" and weights.source == "pyctcdecode defaults"
+    assert (weights.alpha, weights.beta, weights.unk_score_offset) == (0.5, 1.5, -10.0)
+
+    # what `lm tune` records for an LM that does not help: weights that make it decode as without an LM
+    path = write_tuned_weights(lm, {"alpha": 0.0, "beta": 0.0, "unk_score_offset": 0.0, "helps": False})
+    assert path == tuned_path_for(lm) == tmp_path / "lm.tuned.json"
+    assert json.loads(path.read_text(encoding="utf-8"))["lm_sha256"] == sha256_file(lm)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.bin", "lm.tuned.json", "lm.unigrams.txt"]
+    text, weights = decode()
+    assert text == "bu kitep" and weights.from_sidecar and weights.source == "tuned (lm.tuned.json)"
+    # explicit weights win over the sidecar, field by field
+    assert decode(alpha=0.5, beta=1.5, unk_score_offset=-10.0)[0] == "bu kitap"
+    _, weights = decode(alpha=0.9)
+    assert (weights.alpha, weights.beta) == (0.9, 0.0) and weights.source.startswith("alpha given")
+
+    # the LM is rebuilt: its sha256 no longer matches, so the sidecar is ignored, with one warning
+    other = tmp_path / "other.txt"
+    other.write_text("bu kitap\nkitap güzel\n", encoding="utf-8")
+    build_lm(other, lm, order=2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        text, weights = decode()
+        decode()
+    assert text == "bu kitap" and weights.source == "pyctcdecode defaults" and not weights.from_sidecar
+    said = [r.getMessage() for r in caplog.records if "tuned weights" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("warning: ignoring the tuned weights in") and "lm tune" in said[0]
+
+
+@needs_kenlm
+def test_pyctcdecode_logging_is_replaced_by_our_prefixed_warnings(vocab, lms, tmp_path, caplog):
+    import logging
+
+    words = tmp_path / "words.txt"  # a word list of another LM: pyctcdecode logs "Only 9.1% of unigrams ..."
+    words.write_text("\n".join(["kitap"] + [f"yok{i}" for i in range(10)]) + "\n", encoding="utf-8")
+    with caplog.at_level(logging.DEBUG):
+        BeamDecoder(vocab, BeamOptions(lm_path=str(lms["bin"]))).close()  # "Only 8 unigrams passed ..."
+        BeamDecoder(vocab, BeamOptions(lm_path=str(lms["bin"]), unigrams_path=str(words))).close()
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("pyctcdecode")]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("xlsr_edge")]
+    assert len(ours) == 1 and ours[0].startswith("warning: only 9.1 % of the words in the unigram list")
+
+
+@needs_kenlm
+def test_lm_that_knows_few_of_the_words_heard_warns_once(vocab, lms, caplog):
+    import logging
+
+    from xlsr_edge.decoders.beam import COVERAGE_MIN_WORDS
+
+    known = ["bu kitap çok güzel", "o kitap masada", "ben bir kitap aldım"] * 3
+    unknown = ["ali ekmek yedi", "kedi süt içti", "anne ayran doldurdu", "dede ders okudu"] * 2
+    assert sum(len(s.split()) for s in unknown) >= COVERAGE_MIN_WORDS
+
+    def warnings(sentences, **options) -> list[str]:
+        batch, lengths = pad_batch([spell(s, seed=i, peak=12.0) for i, s in enumerate(sentences)])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            with BeamDecoder(vocab, BeamOptions(beam_width=8, lm_path=str(lms["bin"]), **options)) as d:
+                d.decode_batch(batch, lengths)
+                d.decode_batch(batch, lengths)  # decided once: no second line
+        return [r.getMessage() for r in caplog.records if "knows only" in r.getMessage()]
+
+    said = warnings(unknown)
+    assert len(said) == 1, said
+    assert said[0].startswith("warning: the language model lm.bin knows only 0 %") and "lm tune" in said[0]
+    assert warnings(known) == []
+    assert warnings(unknown[:2]) == []  # too few words heard to judge

@@ -4,7 +4,7 @@ Every command that starts Ray runs in a sandbox when the machine allows one (`un
 PID and mount namespaces, with loopback as the only interface): Ray cannot reach any other address, the
 machine's own private one included, and every process the command started dies with the sandbox. Without
 unshare the local-cluster tests still run (`--address local` keeps Ray on 127.0.0.1 by itself, checked from
-summary.json) and the `ray start` test is skipped.
+_summary.json) and the `ray start` test is skipped.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def read_rows(out: Path) -> list[dict]:
 
 
 def summary(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return json.loads((out / "_summary.json").read_text(encoding="utf-8"))
 
 
 def plain_transcribe(bundle: Path, manifest: Path) -> dict[str, dict]:
@@ -269,12 +269,10 @@ def test_interrupt_then_resume_writes_only_the_missing_rows(tiny_bundle, tmp_pat
     ids = Counter(r["id"] for r in read_rows(out))
     assert len(ids) == 120 and set(ids.values()) == {1}
     run = summary(out)["run"]
-    assert (run["number"], run["skipped_already_written"], run["written"]) == (
-        2,
-        len(done_ids),
-        120 - len(done_ids),
-    )
-    assert len(new_rows) == 120 - len(done_ids)
+    left = 120 - len(done_ids)
+    assert (run["number"], run["skipped_already_written"], run["written"]) == (2, len(done_ids), left)
+    assert run["submitted"] == left and run["duplicates_dropped"] == 0  # only the missing went to the cluster
+    assert len(new_rows) == left
 
 
 # -- a cluster of two processes started with `ray start` ----------------------------------------------------------

@@ -113,6 +113,64 @@ def test_usable_word_excludes_digits_apostrophes_and_foreign_letters():
     assert usable_word("windows", "tr") is None
 
 
+@needs_espeak
+def test_synth_sentences_speaks_each_line_with_transcripts_the_model_can_write(tmp_path, capsys):
+    """synth --sentences: every usable line spoken (x repeat) into sentences.jsonl in file order; apostrophes
+    leave the transcript (the model has none), lines with digits or foreign letters are left out and named."""
+    import soundfile as sf
+
+    from xlsr_edge.cli import main
+
+    text = tmp_path / "sentences.txt"
+    text.write_text(
+        "Bugün hava çok güzel.\nAnkara'ya 3 günde gittik.\n\nİstanbul'a gidiyoruz!\nBugün hava çok güzel.\n"
+        "Wifi şifresi ne?\n",
+        encoding="utf-8",
+    )
+
+    def synth(out: Path, seed: int = 0):
+        options = SynthOptions(
+            language="tr", hours=None, out=out, sentences=text, repeat=2, seed=seed, jobs=2, progress=False,
+            voices=VOICES,
+        )  # fmt: skip
+        return build_corpus(options)
+
+    report = synth(tmp_path / "a")
+    rows = _manifest(tmp_path / "a" / "sentences.jsonl")
+    assert [r["text"] for r in rows] == ["bugün hava çok güzel"] * 2 + ["istanbula gidiyoruz"] * 2
+    assert report.dropped == ["Ankara'ya 3 günde gittik.", "Wifi şifresi ne?"]
+    assert report.counts == {"sentences": 4} and any(
+        "istanbul'a -> istanbula" in line for line in report.fitted
+    )
+    for r in rows:
+        info = sf.info(str(tmp_path / "a" / r["audio_filepath"]))
+        assert abs(info.frames / 16000 - r["duration"]) <= 0.01 and r["duration"] > 0.5
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["audio", "sentences.jsonl", "synth.json"]
+    synth(tmp_path / "b")
+    assert (tmp_path / "a" / "sentences.jsonl").read_bytes() == (
+        tmp_path / "b" / "sentences.jsonl"
+    ).read_bytes()
+
+    with pytest.raises(XlsrEdgeError, match="--hours"):
+        SynthOptions(language="tr", hours=None, out=tmp_path / "c")
+    rc = main(
+        [
+            "synth",
+            "--language",
+            "tr",
+            "--sentences",
+            str(text),
+            "-o",
+            str(tmp_path / "d"),
+            "--dev-share",
+            "0.1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --dev-share does not apply to --sentences")
+    assert not (tmp_path / "d").exists()
+
+
 # -- data / schedule ----------------------------------------------------------------------------------------
 
 

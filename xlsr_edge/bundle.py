@@ -355,7 +355,9 @@ class ModelInfo:
                 f.fail("spare_ids", f"a list of fewer than {len(vocab)} token ids", spare)
             for i, n in enumerate(spare):
                 if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(vocab) or n == blank_id:
-                    _fail(source, f"spare_ids[{i}]", f"a token id other than the blank, below {len(vocab)}", n)
+                    _fail(
+                        source, f"spare_ids[{i}]", f"a token id other than the blank, below {len(vocab)}", n
+                    )
             info.spare_ids = list(spare)
         span = max(info.receptive_field_samples, info.frame_stride_samples)
         if span > _MAX_SAMPLES:

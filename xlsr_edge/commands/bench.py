@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xlsr_edge.commands.common import add_backend_argument, check_at_least_one
+from xlsr_edge.commands.common import add_backend_argument, check_at_least_one, runner_options
 from xlsr_edge.constants import EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
 
@@ -46,8 +46,10 @@ def _bench(args: argparse.Namespace) -> int:
         backend=args.backend,
         providers=args.providers,
         torch=args.torch,
+        torch_bf16=args.torch_bf16,
         repeat=args.repeat,
         warmup=args.warmup,
+        runner_options=runner_options(args),
     )
     check_results_folder(args.output)  # before the runs: never lose someone's files at the end
     results = run_bench(config)
@@ -66,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Run the same audio through every bundle (and PyTorch eager from --torch CHECKPOINT, the baseline) "
             "in interleaved rounds, each engine in its own process; warm-up excluded. Writes results.json, "
-            "results.md and results.png into -o DIR and prints the markdown table."
+            "results.md and results.png into -o DIR and prints the markdown table with the CPU's instruction "
+            "sets (AVX512-VNNI, AVX512-BF16, AMX)."
         ),
     )
     p.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE")
@@ -78,11 +81,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=_list(int, "--batch"), default=[1, 8], help="e.g. 1,8")
     p.add_argument("--threads", type=_list(int, "--threads"), default=[1, 2], help="e.g. 1,2")
-    add_backend_argument(p)
+    add_backend_argument(p, openvino_flags=True, multiple=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )
     p.add_argument("--torch", type=Path, default=None, metavar="CHECKPOINT", help="PyTorch eager baseline")
+    p.add_argument(
+        "--torch-bf16",
+        action="store_true",
+        help="also PyTorch eager under torch.autocast('cpu', bfloat16) (needs --torch)",
+    )
     p.add_argument("--repeat", type=int, default=5, help="timed rounds")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per engine and configuration")
     p.add_argument("-o", "--output", type=Path, default=Path("out/bench"), help="folder for the results")

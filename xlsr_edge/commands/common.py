@@ -8,20 +8,77 @@ from pathlib import Path
 
 from xlsr_edge.errors import XlsrEdgeError
 
-BACKENDS = ("onnxruntime", "tensorrt")
-BACKEND_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+BACKEND_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "ov": "openvino"}
+# OpenVINO's inference precision for what is not int8 (xlsr_edge.runtime.openvino.PRECISION_HINTS)
+PRECISION_HINTS = ("auto", "bf16", "f32", "f16")
 
 
 def backend_name(text: str) -> str:
-    """--backend value: a backend's name or its short alias (trt = tensorrt)."""
+    """--backend value: a backend's name or its short alias (trt = tensorrt, ov = openvino)."""
     name = text.strip().lower()
     return BACKEND_ALIASES.get(name, name)
 
 
-def add_backend_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--backend", type=backend_name, choices=BACKENDS, default="onnxruntime", help="aliases: ort, trt"
-    )
+def backend_list(text: str) -> list[str]:
+    """bench's --backend: comma-separated backends (every bundle runs on each)."""
+    names = list(dict.fromkeys(backend_name(t) for t in text.split(",") if t.strip()))
+    bad = [n for n in names if n not in BACKENDS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice {', '.join(bad) or repr(text)} (choose from {', '.join(BACKENDS)}, comma-separated)"
+        )
+    return names
+
+
+def add_backend_argument(
+    p: argparse.ArgumentParser, *, openvino_flags: bool = False, multiple: bool = False
+) -> None:
+    """--backend (and with openvino_flags: --precision-hint, --cache-dir; read them with runner_options)."""
+    if multiple:
+        p.add_argument(
+            "--backend",
+            type=backend_list,
+            default=["onnxruntime"],
+            help=f"comma-separated, each bundle runs on each: {', '.join(BACKENDS)} (aliases: ort, trt, ov)",
+        )
+    else:
+        p.add_argument(
+            "--backend",
+            type=backend_name,
+            choices=BACKENDS,
+            default="onnxruntime",
+            help="aliases: ort, trt, ov",
+        )
+    if openvino_flags:
+        p.add_argument(
+            "--precision-hint",
+            choices=PRECISION_HINTS,
+            default=None,
+            help="openvino: precision of what is not int8; auto (default) = bf16 where the CPU has AMX-BF16 or "
+            "AVX512-BF16, else f32",
+        )
+        p.add_argument(
+            "--cache-dir",
+            default=None,
+            help="openvino: compiled-model cache (default ~/.cache/xlsr-edge/openvino; 'none' turns it off)",
+        )
+
+
+def runner_options(args: argparse.Namespace) -> dict:
+    """Backend-specific keywords for Recognizer.from_bundle; refuses OpenVINO flags with another backend."""
+    hint, cache = getattr(args, "precision_hint", None), getattr(args, "cache_dir", None)
+    backends = args.backend if isinstance(args.backend, list) else [args.backend]
+    if "openvino" not in backends:
+        if hint is not None or cache is not None:
+            raise XlsrEdgeError("--precision-hint and --cache-dir apply to --backend openvino")
+        return {}
+    out: dict = {}
+    if hint is not None:
+        out["precision_hint"] = hint
+    if cache is not None:
+        out["cache_dir"] = None if cache.strip().lower() in ("", "none", "off") else Path(cache)
+    return out
 
 
 def check_at_least_one(flag: str, value: int | Iterable[int] | None) -> None:

@@ -7,7 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from xlsr_edge.commands.common import add_backend_argument, add_decoder_arguments, decoder_options
+from xlsr_edge.commands.common import (
+    add_backend_argument,
+    add_decoder_arguments,
+    decoder_options,
+    runner_options,
+)
 from xlsr_edge.commands.transcribe_dataset import add_cluster_arguments, cluster_recognizer
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK, EXIT_SOME_FAILED
 from xlsr_edge.errors import XlsrEdgeError
@@ -35,6 +40,7 @@ def _eval(args: argparse.Namespace) -> int:
         threads=args.threads,
         backend=args.backend,
         providers=args.providers,
+        runner_options=runner_options(args),
         entities=read_entities_file(args.entities) if args.entities else (),
         worst=args.worst,
         progress=progress_wanted(),
@@ -94,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worst", type=int, default=10, help="worst utterances listed in the report")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    add_backend_argument(p)
+    add_backend_argument(p, openvino_flags=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )

@@ -9,7 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from xlsr_edge.commands.common import add_decoder_arguments, decoder_options
+from xlsr_edge.commands.common import (
+    add_backend_argument,
+    add_decoder_arguments,
+    decoder_options,
+    runner_options,
+)
 from xlsr_edge.constants import EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
 
@@ -65,7 +70,12 @@ def load_recognizer(args: argparse.Namespace):
     if args.threads is not None and args.threads < 1:
         raise XlsrEdgeError(f"--threads must be >= 1, got {args.threads}")
     return Recognizer.from_bundle(
-        args.bundle, providers=args.providers, threads=args.threads, decoder=decoder_options(args)
+        args.bundle,
+        backend=args.backend,
+        providers=args.providers if args.backend == "onnxruntime" else None,
+        threads=args.threads,
+        decoder=decoder_options(args),
+        **runner_options(args),
     )
 
 
@@ -141,6 +151,7 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    add_backend_argument(p, openvino_flags=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )

@@ -20,9 +20,10 @@ def _synth(args: argparse.Namespace) -> int:
     if args.sentences is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in shares.items() if v is not None]
         if given:
+            verb = "does" if len(given) == 1 else "do"
             raise XlsrEdgeError(
-                f"{', '.join(given)} do not apply to --sentences: every sentence goes to sentences.jsonl, in "
-                "file order (split the sentence file itself)"
+                f"{', '.join(given)} {verb} not apply to --sentences: every sentence goes to sentences.jsonl, "
+                "in file order (split the sentence file itself)"
             )
     elif args.repeat != 1:
         raise XlsrEdgeError("--repeat applies to --sentences only")

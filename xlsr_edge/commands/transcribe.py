@@ -19,6 +19,7 @@ from xlsr_edge.commands.common import (
     add_decoder_arguments,
     check_at_least_one,
     decoder_options,
+    runner_options,
 )
 from xlsr_edge.constants import (
     DEFAULT_BATCH_SIZE,
@@ -123,6 +124,7 @@ def _transcribe(args: argparse.Namespace) -> int:
             language=args.language,
             lid_threshold=args.lid_threshold,
             below_threshold=args.below_threshold,
+            **runner_options(args),
         ) as rec,
         contextlib.closing(
             rec.transcribe_iter(
@@ -157,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         help="audio files, folders, or manifests (NeMo JSONL, Common Voice TSV, CSV, one path per line)",
     )
-    add_backend_argument(p)
+    add_backend_argument(p, openvino_flags=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )

@@ -120,7 +120,7 @@ def _transcribe_dataset(args: argparse.Namespace) -> int:
             f"this run: {run['written']} rows ({run['skipped_already_written']} already written) in "
             f"{run['wall_seconds']:.1f} s" + (f", {rate:.1f} audio hours per hour" if rate else "")
         )
-        print(f"wrote {result.out_dir / 'summary.json'}")
+        print(f"wrote {result.out_dir / '_summary.json'}")
     if result.failed:
         first = s["failures"][0] if s["failures"] else {}
         print(
@@ -138,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Transcribe every utterance of the manifests (NeMo JSONL, Common Voice TSV, CSV, lists, folders) on "
             "a pool of Ray workers, each holding one model, into shards with one row per input (audio, text, "
-            "words, duration, error, bundle sha256) and a summary.json. Bad audio is an error row (exit 1). "
+            "words, duration, error, bundle sha256) and a _summary.json. Bad audio is an error row (exit 1). "
             "Needs the ray extra: pip install 'xlsr-edge[ray]'."
         ),
         conflict_handler="resolve",  # our --workers (the pool) replaces the beam decoder's
@@ -164,5 +164,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="0 disables chunking")
     p.add_argument("--context-seconds", type=float, default=DEFAULT_CHUNK_CONTEXT_SECONDS)
     p.add_argument("--language", default=None, help="multi-language bundles: use this head, skip language ID")
-    p.add_argument("--json", action="store_true", help="print summary.json instead of two lines")
+    p.add_argument("--json", action="store_true", help="print _summary.json instead of two lines")
     p.set_defaults(fn=_transcribe_dataset)

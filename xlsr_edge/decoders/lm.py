@@ -259,7 +259,7 @@ class CorpusFit:
     def changed(self) -> bool:
         return bool(self.mapped or self.dropped_words)
 
-    def summary(self) -> list[str]:
+    def summary(self, writer: str = "the model") -> list[str]:
         """Human-readable lines: counts per mapped and per dropping character, with examples."""
         out = []
         if self.mapped:
@@ -269,14 +269,14 @@ class CorpusFit:
                 examples = ", ".join(self.examples.get(char, [])[:3])
                 parts.append(f"{char!r} {what} x{n}" + (f" ({examples})" if examples else ""))
             lines = sum(self.mapped.values())
-            out.append(f"mapped {lines} characters the model cannot write: " + "; ".join(parts))
+            out.append(f"mapped {lines} characters {writer} cannot write: " + "; ".join(parts))
         if self.dropped_words:
             parts = []
             for char, n in self.dropped.most_common(12):
                 examples = ", ".join(self.examples.get(char, [])[:3])
                 parts.append(f"{char!r} x{n}" + (f" ({examples})" if examples else ""))
             out.append(
-                f"dropped {self.dropped_words} words with characters the model cannot write: "
+                f"dropped {self.dropped_words} words with characters {writer} cannot write: "
                 + "; ".join(parts)
             )
         if self.lines_dropped:

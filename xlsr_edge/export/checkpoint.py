@@ -1,24 +1,36 @@
-"""Read a fine-tuned Wav2Vec2/XLS-R CTC checkpoint from a local folder (never a hub).
+"""Read a fine-tuned CTC audio checkpoint (any family of xlsr_edge.export.families) from a folder or the Hub.
 
 Checks what the parity gate cannot: it compares PyTorch with ONNX through the same vocabulary, so a vocab.json
 with a duplicate or missing id passes the gate and yields wrong transcripts; weights and shard indexes are
 checked before transformers reads them (no shard from outside the folder, no half-written file).
+
+A hub id (`org/name` or `org/name@revision`) that is not a local folder is fetched with huggingface_hub's
+`snapshot_download` (safetensors and JSON files only, into the standard Hugging Face cache), or taken from that
+cache when offline (HF_HUB_OFFLINE=1).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xlsr_edge.bundle import ModelInfo, plain_relative, sha256_file
 from xlsr_edge.errors import CheckpointError, require
+from xlsr_edge.export.families import Family, family_of, length_stages
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# MMS: one file of attention-adapter and head weights per language beside the shared body
+ADAPTER_FILE = "adapter.{}.safetensors"
+SPARE_TOKEN = "<spare_{}>"  # placeholder for a head column the tokenizer has no token for
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})(?:@(?P<revision>[\w./-]{1,255}))?")
+HUB_FILES = ("*.json", "model.safetensors", "model-*.safetensors")
 
 
 @dataclass(frozen=True)
@@ -27,12 +39,68 @@ class Checkpoint:
     info: ModelInfo
     safetensors: bool
     lm_head_size: int
+    family: Family | None = None
+    feature_extractor: dict = field(default_factory=dict)
+    target_lang: str | None = None  # MMS: the language chosen from a per-language vocab.json
+    adapter_file: Path | None = None  # MMS: that language's adapter + head weights, loaded over the body
 
     def digest(self) -> dict:
-        """sha256 of every file of the checkpoint, and one digest over them all."""
-        files = {p.name: sha256_file(p) for p in sorted(self.folder.iterdir()) if p.is_file()}
+        """sha256 of every file of the checkpoint, and one digest over them all.
+
+        An MMS folder's adapter files of other languages are left out: they are not part of this export."""
+        files = {
+            p.name: sha256_file(p)
+            for p in sorted(self.folder.iterdir())
+            if p.is_file() and (not _is_adapter_file(p.name) or p == self.adapter_file)
+        }
         overall = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in files.items()).encode()).hexdigest()
-        return {"path": str(self.folder), "sha256": overall, "files": files}
+        out = {"path": str(self.folder), "sha256": overall, "files": files}
+        if self.target_lang is not None:
+            out["target_lang"] = self.target_lang
+        return out
+
+
+def _is_adapter_file(name: str) -> bool:
+    return name.startswith("adapter.") and name.endswith((".safetensors", ".bin"))
+
+
+# -- hub ids --------------------------------------------------------------------------------------------------
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def resolve_checkpoint(spec: str | Path, target_langs: tuple[str, ...] = ()) -> Path:
+    """A local folder as given; a hub id (`org/name[@revision]`) through the Hugging Face cache.
+
+    Online: snapshot_download of the JSON and safetensors files (and the adapters of `target_langs`), into the
+    standard cache. Offline (HF_HUB_OFFLINE=1) or without network: the cached snapshot. Neither: CheckpointError.
+    """
+    path = Path(spec)
+    if path.exists():
+        return path
+    text = str(spec)
+    m = HUB_ID.fullmatch(text)
+    if m is None or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint folder not found: {path}")
+    hub = require("huggingface_hub", "export")
+    repo, revision = m["repo"], m["revision"]
+    patterns = [*HUB_FILES, *(ADAPTER_FILE.format(lang) for lang in target_langs)]
+    try:
+        folder = hub.snapshot_download(
+            repo, revision=revision, allow_patterns=patterns, local_files_only=_offline()
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # network, offline without a cache, missing repo or revision, gated repo
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "in the local Hugging Face cache" if _offline() else "on the Hugging Face Hub or in its cache"
+        raise CheckpointError(
+            f"{text} is not a local folder and cannot be found {where} ({why[:160]}); download the checkpoint "
+            f"where there is network and pass its local folder: export-xlsr ./folder -o BUNDLE"
+        ) from exc
+    return Path(folder)
 
 
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
@@ -266,9 +334,51 @@ def _vocab_in_id_order(tokenizer) -> list[str]:
     return [by_id[i] for i in range(size)]
 
 
-def inspect_checkpoint(folder: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
-    """Validate the folder and read everything the bundle needs; raises CheckpointError with a fix."""
-    folder = Path(folder)
+def _spare_tokens(vocab: list[str], head: int) -> tuple[list[str], list[int]]:
+    """Placeholders for head columns beyond the tokenizer: (their tokens, their ids)."""
+    taken = set(vocab)
+    tokens, ids = [], []
+    for i in range(len(vocab), head):
+        token = SPARE_TOKEN.format(i)
+        while token in taken:
+            token = "<" + token + ">"
+        tokens.append(token)
+        ids.append(i)
+    return tokens, ids
+
+
+def _adapter_head_size(path: Path) -> int:
+    """Rows of lm_head.weight in an MMS adapter file."""
+    _check_safetensors(path)
+    entry = _safetensors_header(path).get("lm_head.weight")
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(x) and x > 0 for x in shape)):
+        raise CheckpointError(f"{path} has no lm_head.weight: it is not an MMS language adapter file")
+    return shape[0]
+
+
+def _mms_adapter(folder: Path, config: dict, target_lang: str | None) -> Path | None:
+    """The adapter file of `target_lang` when the folder holds per-language adapters (MMS), else None."""
+    if target_lang is None or not config.get("adapter_attn_dim"):
+        return None
+    path = folder / ADAPTER_FILE.format(target_lang)
+    if path.is_file():
+        return path
+    others = sorted(p.name for p in folder.glob("adapter.*.safetensors"))
+    if others:
+        raise CheckpointError(
+            f"{folder} has no {path.name} for --target-lang {target_lang} (it has {len(others)} adapter files, "
+            f"e.g. {', '.join(others[:3])})"
+        )
+    return None  # a fine-tuned MMS checkpoint: its one language's adapters are in the model weights
+
+
+def inspect_checkpoint(
+    folder: str | Path, *, allow_pickle: bool = False, target_lang: str | None = None
+) -> Checkpoint:
+    """Validate the checkpoint (a folder or a hub id) and read everything the bundle needs; CheckpointError with
+    a fix otherwise. `target_lang` chooses the language of an MMS checkpoint (--target-lang)."""
+    folder = resolve_checkpoint(folder, (target_lang,) if target_lang else ())
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
     config_path = folder / "config.json"
@@ -284,21 +394,20 @@ def inspect_checkpoint(folder: str | Path, *, allow_pickle: bool = False) -> Che
             "convert it to safetensors or pass --allow-pickle if you trust its source"
         )
     config = _read_json(config_path)
-    if config.get("model_type") not in ("wav2vec2", None):
-        raise CheckpointError(
-            f"{folder} is a {config.get('model_type')!r} model, not a Wav2Vec2/XLS-R CTC model"
-        )
+    family = family_of(config, str(folder))
     pre = _feature_extractor_config(folder)
-    _check_vocab_json(folder)
+    target_lang = choose_target_lang(folder, target_lang)
+    _check_vocab_json(folder, target_lang)
     _check_weights(folder, has_st)
+    adapter_file = _mms_adapter(folder, config, target_lang)
 
     transformers = require("transformers", "export")
     try:
-        tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CheckpointError(
-            f"cannot load the CTC tokenizer from {folder} (vocab.json missing?): {exc}"
-        ) from exc
+        tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(
+            str(folder), local_files_only=True, target_lang=target_lang
+        )
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"cannot load the CTC tokenizer from {folder}: {exc}") from exc
     vocab = _vocab_in_id_order(tokenizer)
     not_nfc = [t for t in vocab if not unicodedata.is_normalized("NFC", t)]
     if not_nfc:
@@ -308,22 +417,28 @@ def inspect_checkpoint(folder: str | Path, *, allow_pickle: bool = False) -> Che
     lm_head_size = _setting(
         config_path, config, "vocab_size", None, lambda v: _is_int(v) and v > 0, "a positive integer"
     )
-    if len(vocab) != lm_head_size:
+    if adapter_file is not None:
+        lm_head_size = _adapter_head_size(adapter_file)
+    if len(vocab) > lm_head_size:
         raise CheckpointError(
             f"tokenizer has {len(vocab)} tokens but the lm_head outputs {lm_head_size} (config vocab_size); "
             "the checkpoint's vocab.json does not belong to this model"
         )
+    spare_tokens, spare_ids = _spare_tokens(vocab, lm_head_size)  # a head wider than the tokenizer
     if tokenizer.pad_token_id is None:
         raise CheckpointError("the tokenizer has no pad token: CTC needs it as the blank")
 
-    feat_norm = _setting(
-        config_path,
-        config,
-        "feat_extract_norm",
-        "group",
-        lambda v: v in ("group", "layer"),
-        '"group" or "layer"',
-    )
+    if family.norm_key is None:
+        feat_norm = "layer"  # Data2Vec-Audio: layer-normed CNN; Wav2Vec2-BERT: no CNN
+    else:
+        feat_norm = _setting(
+            config_path,
+            config,
+            family.norm_key,
+            "group",
+            lambda v: v in ("group", "layer"),
+            '"group" or "layer"',
+        )
     pre_path = folder / "preprocessor_config.json"  # or processor_config.json's feature_extractor part
     conv_kernel = _setting(
         config_path,
@@ -343,8 +458,14 @@ def inspect_checkpoint(folder: str | Path, *, allow_pickle: bool = False) -> Che
     )
     if len(conv_kernel) != len(conv_stride):
         raise CheckpointError(f'{config_path}: "conv_kernel" and "conv_stride" must have the same length')
+    stages = length_stages(family, config, pre, conv_kernel, conv_stride)
+    # The mask decision is the feature extractor's: checkpoints trained with attention masks get padded
+    # batches; without (group-norm base models) the bundle is fed unpadded, one length per batch.
+    mask_setting = pre.get("return_attention_mask")
+    uses_mask = mask_setting if isinstance(mask_setting, bool) else feat_norm == "layer"
+    waveform = family.front_end == "waveform"
     info = ModelInfo(
-        vocab=vocab,
+        vocab=vocab + spare_tokens,
         blank_id=int(tokenizer.pad_token_id),
         word_delimiter=tokenizer.word_delimiter_token or "|",
         unk_token=tokenizer.unk_token,
@@ -356,30 +477,83 @@ def inspect_checkpoint(folder: str | Path, *, allow_pickle: bool = False) -> Che
             lambda v: _is_int(v) and 1000 <= v <= 1_000_000,
             "an integer (Hz)",
         ),
+        # the log-mel front end (in the graph) normalizes its own features: the runtime feeds the raw waveform
         do_normalize=_setting(
             pre_path, pre, "do_normalize", True, lambda v: isinstance(v, bool), "true or false"
-        ),
+        )
+        if waveform
+        else False,
         feat_extract_norm=feat_norm,
-        conv_kernel=conv_kernel,
-        conv_stride=conv_stride,
-        # Group-norm (base) models normalize over time inside the CNN: padding changes them, so no mask.
-        uses_attention_mask=feat_norm == "layer",
+        conv_kernel=stages.kernel,
+        conv_stride=stages.stride,
+        uses_attention_mask=uses_mask,
+        conv_padding=stages.padding if any(stages.padding) else None,
+        model_type=family.model_type,
+        spare_ids=spare_ids,
     )
-    if config.get("add_adapter"):
-        raise CheckpointError("checkpoints with add_adapter=True change the frame rate; not supported yet")
-    return Checkpoint(folder=folder, info=info, safetensors=has_st, lm_head_size=lm_head_size)
+    return Checkpoint(
+        folder=folder,
+        info=info,
+        safetensors=has_st,
+        lm_head_size=lm_head_size,
+        family=family,
+        feature_extractor=pre,
+        target_lang=target_lang,
+        adapter_file=adapter_file,
+    )
+
+
+def _float32_kwargs(transformers, torch) -> dict:
+    """Load weights as float32 whatever dtype they are stored in (transformers 5 keeps the stored dtype)."""
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__).major >= 5 else "torch_dtype"
+    return {key: torch.float32}
+
+
+def _load_adapter(model, path: Path) -> None:
+    """MMS: one language's attention-adapter and head weights over the shared body (as model.load_adapter)."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    expected = {
+        name
+        for name, _ in model.named_parameters()
+        if ".adapter_layer." in name or name.startswith("lm_head.")
+    }
+    unexpected, missing = sorted(set(state) - expected), sorted(expected - set(state))
+    if unexpected or missing:
+        raise CheckpointError(
+            f"{path} does not fit the model: unexpected {unexpected[:3]}, missing {missing[:3]}"
+        )
+    rows, width = state["lm_head.weight"].shape
+    if rows != model.lm_head.out_features:
+        model.lm_head = torch.nn.Linear(width, rows)
+        model.config.vocab_size = rows
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    model.target_lang = path.name.split(".")[1]
 
 
 def load_model(ckpt: Checkpoint):
-    """Load Wav2Vec2ForCTC in eval mode with eager attention (exports and fuses most predictably)."""
+    """Load the family's *ForCTC model in float32, eval mode, eager attention (exports most predictably)."""
+    torch = require("torch", "export")
     transformers = require("transformers", "export")
     transformers.utils.logging.disable_progress_bar()  # our CLI prints its own progress lines
+    family = ckpt.family or family_of({}, str(ckpt.folder))
+    cls = getattr(transformers, family.ctc_class, None)
+    if cls is None:
+        raise CheckpointError(
+            f"transformers {transformers.__version__} has no {family.ctc_class}; upgrade transformers"
+        )
     try:
-        model = transformers.Wav2Vec2ForCTC.from_pretrained(
+        model, loading = cls.from_pretrained(
             str(ckpt.folder),
             local_files_only=True,
             use_safetensors=ckpt.safetensors,
             attn_implementation="eager",
+            output_loading_info=True,
+            **_float32_kwargs(transformers, torch),
         )
     except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError)
         if (
@@ -388,8 +562,19 @@ def load_model(ckpt: Checkpoint):
         ):
             raise
         raise CheckpointError(f"cannot load the model from {ckpt.folder}: {exc}") from exc
+    if ckpt.adapter_file is not None:
+        _load_adapter(model, ckpt.adapter_file)
+    else:
+        head = [k for k in loading.get("missing_keys", ()) if "lm_head" in k]
+        if head:
+            raise CheckpointError(
+                f"{ckpt.folder} has no CTC head weights ({', '.join(sorted(head))}): is it a fine-tuned "
+                f"{family.ctc_class} checkpoint?"
+            )
+    model = model.float()
     if model.lm_head.out_features != len(ckpt.info.vocab):
         raise CheckpointError(
             f"lm_head has {model.lm_head.out_features} outputs but the vocabulary has {len(ckpt.info.vocab)} tokens"
         )
+    model.xlsr_feature_extractor = dict(ckpt.feature_extractor)  # the in-graph front end's settings
     return model.eval()

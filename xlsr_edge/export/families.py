@@ -103,7 +103,9 @@ def length_stages(family: Family, config: dict, feature_extractor: dict, conv_ke
     if family.front_end == "fbank":
         stack = feature_extractor.get("stride", 2)
         if not isinstance(stack, int) or isinstance(stack, bool) or not 1 <= stack <= 16:
-            raise CheckpointError(f'the feature extractor\'s "stride" must be an integer 1..16, found {stack!r}')
+            raise CheckpointError(
+                f'the feature extractor\'s "stride" must be an integer 1..16, found {stack!r}'
+            )
         kernel, stride = [FBANK_FRAME, stack], [FBANK_HOP, stack]
     else:
         kernel, stride = list(conv_kernel), list(conv_stride)

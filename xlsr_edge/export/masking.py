@@ -74,7 +74,9 @@ def _sew_layer_mask(lengths: FrameLengths, stage: int, squeeze: int):
 
     def hook(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        valid = time_mask(hidden, torch.div(lengths.at(stage), squeeze, rounding_mode="floor"), 1)  # [b, t, 1]
+        valid = time_mask(
+            hidden, torch.div(lengths.at(stage), squeeze, rounding_mode="floor"), 1
+        )  # [b, t, 1]
         keys = valid[:, None, None, :, 0]  # [batch, 1, 1, keys]
         blocked = (1.0 - keys) * torch.finfo(hidden.dtype).min
         t = hidden.shape[1]

@@ -80,8 +80,18 @@ class CTCExportWrapper(nn.Module):
         self.uses_mask = info.uses_attention_mask
         self.lengths = FrameLengths(stages)
         self.squeeze = int(model.config.squeeze_factor) if self.family.squeeze else 0
+        # SEW/SEW-D need one pooled frame (squeeze frames) or their attention reshapes an empty sequence; a
+        # shorter clip is zero-padded to that in the graph (masked), its frames are zeros after the upsampling
+        # either way, as in PyTorch
+        self.min_samples = 0
+        if self.squeeze:
+            self.min_samples = 1
+            while stages.lengths(self.min_samples, stages.encoder) < self.squeeze:
+                self.min_samples += 1
         self.front_end = (
-            FbankFrontEnd(feature_extractor_settings(model, info)) if self.family.front_end == "fbank" else None
+            FbankFrontEnd(feature_extractor_settings(model, info))
+            if self.family.front_end == "fbank"
+            else None
         )
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None):
@@ -90,6 +100,13 @@ class CTCExportWrapper(nn.Module):
         else:
             samples = torch.ones_like(input_values, dtype=torch.int64).sum(-1)
         self.lengths.samples = samples  # read by the padding fixes (xlsr_edge.export.masking)
+        if self.min_samples:
+            short = (self.min_samples - input_values.shape[1]) * torch.ones_like(samples[:1])
+            tail = torch.zeros_like(input_values[:, :1]).expand(-1, int(self.min_samples)).clone()
+            tail = tail[:, : short.clamp(min=0)[0]]
+            input_values = torch.cat([input_values, tail], dim=1)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, torch.zeros_like(tail, dtype=attention_mask.dtype)], 1)
         base = getattr(self.model, self.family.base)
         if self.front_end is not None:
             features, mask = self.front_end(input_values, samples)
@@ -171,7 +188,9 @@ def export_onnx(
         "external_data": external,
         "exporter": "torch.onnx (TorchScript)",
         "family": wrapper.family.model_type,
-        "front_end": "SeamlessM4T log-mel fbank in the graph" if wrapper.front_end is not None else "waveform",
+        "front_end": "SeamlessM4T log-mel fbank in the graph"
+        if wrapper.front_end is not None
+        else "waveform",
     }
 
 

@@ -1,4 +1,4 @@
-"""Parity gate: the exported graph must reproduce PyTorch on real speech, padded batch included."""
+"""Parity gate: the exported graph must reproduce PyTorch on real speech, padded batch included, every family."""
 
 from __future__ import annotations
 
@@ -49,19 +49,48 @@ def verification_audio(
     return audios
 
 
-def _torch_logits(model, info: ModelInfo, arrays: list[np.ndarray]) -> list[np.ndarray]:
+def _seamless_features(model, info: ModelInfo, arrays: list[np.ndarray], batched: bool):
+    """transformers' own SeamlessM4T feature extractor (Wav2Vec2-BERT's reference front end)."""
+    import transformers
+
+    settings = dict(getattr(model, "xlsr_feature_extractor", None) or {})
+    kwargs = {
+        k: settings[k] for k in ("feature_size", "num_mel_bins", "padding_value", "stride") if k in settings
+    }
+    fe = transformers.SeamlessM4TFeatureExtractor(sampling_rate=info.sample_rate, **kwargs)
+    # alone: no padding frame at all (the default pads odd frame counts to even, then masks that frame)
+    extra = {} if batched else {"pad_to_multiple_of": None}
+    out = fe(arrays if batched else arrays[0], sampling_rate=info.sample_rate, return_tensors="pt", **extra)
+    return out["input_features"], out["attention_mask"]
+
+
+def torch_logits(model, info: ModelInfo, arrays: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
+    """PyTorch logits of the valid frames of each (normalized) clip: each alone, or as one padded batch.
+
+    Alone is the contract's reference; the padded batch shows what PyTorch itself does with padding."""
     import torch
 
+    from xlsr_edge.export.families import FAMILIES
+
+    family = FAMILIES.get(info.model_type)
+    fbank = family is not None and family.front_end == "fbank"
+
+    def run(batch: list[np.ndarray]) -> np.ndarray:
+        if fbank:
+            features, mask = _seamless_features(model, info, batch, batched=len(batch) > 1 or batched)
+            return model(features, attention_mask=mask if info.uses_attention_mask else None).logits.numpy()
+        values, mask = pad_batch(batch)
+        kwargs = {"attention_mask": torch.from_numpy(mask)} if info.uses_attention_mask else {}
+        return model(torch.from_numpy(values), **kwargs).logits.numpy()
+
     with torch.no_grad():
-        if info.uses_attention_mask:
-            values, mask = pad_batch(arrays)
-            out = model(torch.from_numpy(values), attention_mask=torch.from_numpy(mask)).logits.numpy()
+        if batched:
+            out = run(arrays)
             return [out[i, : info.frames_for(len(a))] for i, a in enumerate(arrays)]
-        # group-norm models see padding through their norm: reference them one at a time, unpadded
-        return [model(torch.from_numpy(a[None])).logits.numpy()[0] for a in arrays]
+        return [run([a])[0, : info.frames_for(len(a))] for a in arrays]
 
 
-def _ort_logits(runner: Runner, info: ModelInfo, arrays: list[np.ndarray], batched: bool):
+def _ort_logits(runner: Runner, arrays: list[np.ndarray], batched: bool):
     if batched:
         values, mask = pad_batch(arrays)
         logits, lengths = runner.infer(values, mask)
@@ -93,30 +122,54 @@ def run_parity(
     audios: list[tuple[str, np.ndarray]],
     thresholds: ParityThresholds = ParityThresholds(),
 ) -> dict:
-    """Compare PyTorch and the exported graph (a path, or a runner giving logits) on the valid frames.
+    """The one contract, for every family: a clip's logits do not depend on what it is batched with, and equal
+    PyTorch on the clip alone.
 
+    Bundles with a mask: the graph on one padded batch vs PyTorch on each clip alone, and vs the graph on each
+    clip alone. Bundles fed unpadded: each clip alone vs PyTorch, and a batch of equal lengths (the clips cut to
+    the shortest, as the runtime batches them) vs the graph on each of those alone.
     Returns the report (raises nothing)."""
     arrays = [normalize(a, info.do_normalize) for _, a in audios]
     decoder = GreedyDecoder(Vocabulary.from_model_info(info))
-    reference = _torch_logits(model, info, arrays)
+    reference = torch_logits(model, info, arrays)
     expected_frames = [info.frames_for(len(a)) for a in arrays]
+    mask = info.uses_attention_mask
     with graph if isinstance(graph, Runner) else OnnxRuntimeRunner(graph) as runner:
-        onnx_out, onnx_lengths = _ort_logits(runner, info, arrays, batched=info.uses_attention_mask)
-        report: dict = {"mode": "padded batch" if info.uses_attention_mask else "one at a time, unpadded"}
-        report["vs_pytorch"] = _compare(reference, onnx_out, decoder)
-        if info.uses_attention_mask:
-            single, _ = _ort_logits(runner, info, arrays, batched=False)
-            report["batch_vs_single"] = _compare(single, onnx_out, decoder)
+        alone, alone_lengths = _ort_logits(runner, arrays, batched=False)
+        if mask:
+            batch, batch_lengths = _ort_logits(runner, arrays, batched=True)
+            single = alone
+        else:  # the runtime batches equal lengths only: check exactly that
+            short = min(len(a) for a in arrays)
+            cut = [a[:short] for a in arrays]
+            batch, batch_lengths = _ort_logits(runner, cut, batched=True)
+            single, _ = _ort_logits(runner, cut, batched=False)
+        checked = batch if mask else alone
+        report: dict = {
+            "mode": "padded batch" if mask else "feed unpadded (equal-length batches)",
+            "family": info.model_type,
+        }
+        report["vs_pytorch"] = _compare(reference, checked, decoder)
+        report["batch_vs_single"] = _compare(single, batch, decoder)
+    scale = max((float(np.abs(r).max()) for r in reference if r.size), default=0.0)
+    report["logit_scale"] = scale
+    report["vs_pytorch"]["relative_max_abs_diff"] = report["vs_pytorch"]["max_abs_diff"] / max(scale, 1e-12)
+    if mask:
+        # what PyTorch itself does with a padded batch (the graph masks where it leaks): informational
+        leak = _compare(reference, torch_logits(model, info, arrays, batched=True), decoder)
+        report["pytorch_padded_batch_vs_alone"] = {"max_abs_diff": leak["max_abs_diff"]}
+    onnx_lengths = batch_lengths if mask else alone_lengths
     report["lengths_match"] = onnx_lengths == expected_frames
+    if info.spare_ids:
+        spare = np.array(info.spare_ids)
+        report["spare_vocab_frames"] = int(sum(np.isin(lg.argmax(-1), spare).sum() for lg in checked))
     report["utterances"] = [
         {"audio": name, "samples": len(a), "frames": f, "text": decoder.decode(lg).text}
-        for (name, a), f, lg in zip(audios, expected_frames, onnx_out)
+        for (name, a), f, lg in zip(audios, expected_frames, checked)
     ]
     failures = []
     for key in ("vs_pytorch", "batch_vs_single"):
-        r = report.get(key)
-        if r is None:
-            continue
+        r = report[key]
         if r["max_abs_diff"] > thresholds.max_abs_diff:
             failures.append(f"{key}: max |logit diff| {r['max_abs_diff']:.3g} > {thresholds.max_abs_diff:g}")
         if r["argmax_agreement"] < thresholds.min_argmax_agreement:
@@ -126,7 +179,7 @@ def run_parity(
         if thresholds.require_equal_transcripts and not r["transcripts_equal"]:
             failures.append(f"{key}: greedy transcripts differ")
     if not report["lengths_match"]:
-        failures.append(f"logit_lengths {onnx_lengths} != conv formula {expected_frames}")
+        failures.append(f"logit_lengths {onnx_lengths} != length formula {expected_frames}")
     report["thresholds"] = asdict(thresholds)
     report["failures"] = failures
     report["passed"] = not failures

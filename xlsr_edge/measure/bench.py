@@ -215,13 +215,38 @@ def environment() -> dict[str, Any]:
         env["usable_cpus"] = len(os.sched_getaffinity(0))
     if hasattr(os, "getloadavg"):
         env["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        env["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    env["instruction_sets"] = cpu_instruction_sets()
     try:
         import onnxruntime
 
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
+    from importlib import metadata
+
+    for dist in ("openvino", "torch"):  # versions without importing them here
+        try:
+            env[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     return env
+
+
+def cpu_instruction_sets() -> dict[str, bool]:
+    """AVX512-VNNI, AVX512-BF16, AMX-BF16, ... of this CPU (``xlsr_edge.runtime.openvino.instruction_sets``)."""
+    from xlsr_edge.runtime.openvino import instruction_sets
+
+    return instruction_sets()
+
+
+def isa_summary(isa: Mapping[str, bool] | None) -> str:
+    """ "AVX512-VNNI, AVX512-BF16; no AMX-BF16, AMX-INT8" for a markdown header."""
+    if not isa:
+        return "instruction sets unknown"
+    have = [k for k, v in isa.items() if v]
+    lack = [k for k, v in isa.items() if not v and ("VNNI" in k or "BF16" in k or "AMX" in k)]
+    return ", ".join(have) + (f"; no {', '.join(lack)}" if lack else "")
 
 
 # -- writers ---------------------------------------------------------------------------------------------------
@@ -394,6 +419,8 @@ class EngineSpec:
     backend: str = "onnxruntime"
     providers: str | None = None
     threads: int | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # runner keywords (openvino: precision_hint, cache_dir)
+    autocast: str | None = None  # torch: "bfloat16" runs the model under torch.autocast("cpu", bfloat16)
 
 
 class _BundleEngine:
@@ -401,8 +428,14 @@ class _BundleEngine:
         from xlsr_edge.runtime import Recognizer
 
         self.rec = Recognizer.from_bundle(
-            spec.path, backend=spec.backend, providers=spec.providers, threads=spec.threads
+            spec.path,
+            backend=spec.backend,
+            providers=spec.providers if spec.backend == "onnxruntime" else None,
+            threads=spec.threads,
+            **dict(spec.options),
         )
+        actual = getattr(self.rec.runner, "actual_precision", None)
+        self.detail = {"inference_precision": actual()} if actual else {}
         self.do_normalize = self.rec.info.do_normalize
         self.uses_mask = self.rec.info.uses_attention_mask
 
@@ -425,10 +458,15 @@ class _TorchEngine:
         self.model = load_model(ckpt).eval()
         self.do_normalize = ckpt.info.do_normalize
         self.uses_mask = ckpt.info.uses_attention_mask
+        self.autocast = getattr(torch, spec.autocast) if spec.autocast else None
+        self.detail = {"autocast": spec.autocast} if spec.autocast else {}
 
     def infer(self, values: np.ndarray, mask: np.ndarray) -> None:
+        import contextlib
+
         torch = self.torch
-        with torch.inference_mode():
+        cast = torch.autocast("cpu", dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
             kwargs = {"attention_mask": torch.from_numpy(mask)} if self.uses_mask else {}
             self.model(torch.from_numpy(values), **kwargs)
 
@@ -449,6 +487,11 @@ def _worker_main(conn, spec: EngineSpec, base: np.ndarray, sample_rate: int) -> 
             import onnxruntime  # noqa: F401
 
             import xlsr_edge.runtime  # noqa: F401
+
+            if spec.backend == "openvino":
+                import xlsr_edge.runtime.openvino as ov_backend
+
+                ov_backend.import_openvino()
         import_s = time.perf_counter() - t0
         rss_before = rss_bytes()
         t0 = time.perf_counter()
@@ -469,6 +512,7 @@ def _worker_main(conn, spec: EngineSpec, base: np.ndarray, sample_rate: int) -> 
                 "load_s": load_s,
                 "load_rss_bytes": None if rss_after is None or rss_before is None else rss_after - rss_before,
                 "peak_rss_bytes": peak_rss_bytes(),
+                "detail": engine.detail,
             },
         )
     )
@@ -566,15 +610,25 @@ class BenchConfig:
     batch: list[int] = field(default_factory=lambda: [1, 8])
     threads: list[int] = field(default_factory=lambda: [1, 2])
     audio: Path | None = None
-    backend: str = "onnxruntime"
+    backend: str | list[str] = "onnxruntime"  # several: every bundle runs on each
     providers: str | None = "cpu"
     torch: Path | None = None
+    torch_bf16: bool = False  # also PyTorch eager under torch.autocast("cpu", bfloat16)
     repeat: int = 5
     warmup: int = 1
+    runner_options: dict[str, Any] = field(default_factory=dict)  # openvino: precision_hint, cache_dir
+
+    @property
+    def backends(self) -> list[str]:
+        return [self.backend] if isinstance(self.backend, str) else list(self.backend)
 
     def __post_init__(self) -> None:
         if not self.bundles and self.torch is None:
             raise XlsrEdgeError("nothing to benchmark: give at least one bundle")
+        if not self.backends:
+            raise XlsrEdgeError("--backend needs at least one value")
+        if self.torch_bf16 and self.torch is None:
+            raise XlsrEdgeError("--torch-bf16 needs --torch CHECKPOINT")
         for name, values in (("seconds", self.seconds), ("batch", self.batch), ("threads", self.threads)):
             if not values:
                 raise XlsrEdgeError(f"--{name} needs at least one value")
@@ -612,31 +666,45 @@ def _engine_specs(config: BenchConfig, threads: int) -> list[tuple[EngineSpec, d
         if not ckpt.is_dir():
             raise XlsrEdgeError(f"--torch checkpoint folder not found: {ckpt}")
         weights = [n for n in ("model.safetensors", "pytorch_model.bin") if (ckpt / n).is_file()]
-        specs.append(
-            (
-                EngineSpec("pytorch-eager", "torch", str(ckpt), threads=threads),
-                {
-                    "kind": "torch",
-                    "precision": "fp32",
-                    "backend": "pytorch",
-                    "size_bytes": folder_size_bytes(ckpt, weights),
-                },
+        for label, autocast in [("pytorch-eager", None)] + (
+            [("pytorch-bf16-autocast", "bfloat16")] if config.torch_bf16 else []
+        ):
+            specs.append(
+                (
+                    EngineSpec(label, "torch", str(ckpt), threads=threads, autocast=autocast),
+                    {
+                        "kind": "torch",
+                        "precision": "bf16 autocast" if autocast else "fp32",
+                        "backend": "pytorch",
+                        "size_bytes": folder_size_bytes(ckpt, weights),
+                    },
+                )
             )
-        )
+    backends = config.backends
     for label, path in zip(_labels(config.bundles), config.bundles):
         manifest = read_manifest(path)  # BundleError for a wrong folder before any worker starts
-        specs.append(
-            (
-                EngineSpec(label, "bundle", str(path), config.backend, config.providers, threads),
-                {
-                    "kind": "bundle",
-                    "precision": manifest.precision,
-                    "backend": config.backend,
-                    "size_bytes": folder_size_bytes(path),
-                    "sample_rate": manifest.model.sample_rate,
-                },
+        for backend in backends:
+            options = tuple(sorted(config.runner_options.items())) if backend == "openvino" else ()
+            specs.append(
+                (
+                    EngineSpec(
+                        label if len(backends) == 1 else f"{label} ({backend})",
+                        "bundle",
+                        str(path),
+                        backend,
+                        config.providers,
+                        threads,
+                        options,
+                    ),
+                    {
+                        "kind": "bundle",
+                        "precision": manifest.precision,
+                        "backend": backend,
+                        "size_bytes": folder_size_bytes(path),
+                        "sample_rate": manifest.model.sample_rate,
+                    },
+                )
             )
-        )
     return specs
 
 
@@ -662,6 +730,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
     )
     rows: list[dict[str, Any]] = []
     baseline_label = None
+    loads: list[dict[str, Any]] = []
     for threads in dict.fromkeys(config.threads):
         specs = _engine_specs(config, threads)
         baseline_label = specs[0][0].label
@@ -685,7 +754,11 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
                 for batch, seconds in configs
                 for eng in engines
             }
+            load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
             samples = interleave(cases, config.repeat, warmup=0, self_timed=True, group=lambda k: k[1:])
+            if load_before is not None:  # other work on the machine while the rounds ran
+                after = os.getloadavg()
+                loads.append({"threads": threads, "loadavg_before": load_before, "loadavg_after": after})
         finally:
             for eng in engines:
                 eng.close()
@@ -716,6 +789,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
                         "load_s": eng.info["load_s"],
                         "import_s": eng.info["import_s"],
                         "load_rss_mb": mib(eng.info.get("load_rss_bytes")),
+                        **(eng.info.get("detail") or {}),
                         "peak_rss_mb": mib(peak[(spec.label, batch, seconds)]),
                         "size_mb": mib(meta["size_bytes"]),
                     }
@@ -732,6 +806,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
         "baseline": baseline_label,
         "settings": settings,
         "environment": environment(),
+        "load_during_rounds": loads,
         "method": METHOD,
     }
 
@@ -748,6 +823,7 @@ METHOD = (
 BENCH_COLUMNS = [
     Column("engine", "engine"),
     Column("precision", "precision"),
+    Column("backend", "backend"),
     Column("threads", "threads"),
     Column("batch", "batch"),
     Column("seconds", "audio s", "{:g}"),
@@ -765,12 +841,13 @@ BENCH_COLUMNS = [
 def results_markdown(results: Mapping[str, Any]) -> str:
     env = results["environment"]
     rows = sorted(results["rows"], key=lambda r: (r["threads"], r["batch"], r["seconds"]))
+    versions = ", ".join(f"{k} {env[k]}" for k in ("onnxruntime", "openvino", "torch") if env.get(k))
     head = [
         "# xlsr-edge bench",
         "",
         f"CPU {env.get('cpu')} ({env.get('usable_cpus', env.get('logical_cpus'))} usable cores, "
-        f"load {env.get('loadavg_1m')}), onnxruntime {env.get('onnxruntime')}, python {env.get('python')}. "
-        f"Baseline: {results['baseline']}. Rounds: {results['settings']['repeat']}.",
+        f"load {env.get('loadavg_1m')}; {isa_summary(env.get('instruction_sets'))}), {versions}, "
+        f"python {env.get('python')}. Baseline: {results['baseline']}. Rounds: {results['settings']['repeat']}.",
         "",
         markdown_table(rows, BENCH_COLUMNS),
         "",

@@ -55,6 +55,8 @@ class EvalOptions:
     threads: int | None = None
     backend: str = "onnxruntime"
     providers: Sequence[str] | str | None = None
+    # backend-specific runner keywords, e.g. {"precision_hint": "f32"} for openvino
+    runner_options: dict[str, Any] = field(default_factory=dict)
     entities: tuple[str, ...] = ()  # applied to every utterance whose reference contains them
     worst: int = WORST_DEFAULT
     progress: bool = False
@@ -225,6 +227,7 @@ def evaluate(bundle: str | Path, manifest: str | Path, options: EvalOptions | No
         providers=options.providers,
         threads=options.threads,
         decoder=options.decoder,
+        **options.runner_options,
     )
     load_seconds = time.perf_counter() - t0
     topts = TranscribeOptions(batch_size=options.batch_size)

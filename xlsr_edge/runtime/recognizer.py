@@ -135,6 +135,8 @@ class Recognizer:
         kwargs = dict(runner_kwargs)
         if backend == "onnxruntime":
             kwargs.update(providers=providers, threads=threads)
+        elif backend == "openvino" and providers in (None, "cpu"):
+            kwargs.update(threads=threads)
         elif providers not in (None, "cpu") or threads:
             raise XlsrEdgeError(f"--providers/--threads apply to the onnxruntime backend, not {backend}")
         runner = make_runner(backend, folder, manifest, **kwargs).activate()

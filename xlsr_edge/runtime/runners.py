@@ -160,7 +160,7 @@ register_backend(
 
 
 # backends whose module registers itself on import (kept out of the import path until asked for)
-_LAZY_BACKENDS = {"tensorrt": "xlsr_edge.runtime.tensorrt"}
+_LAZY_BACKENDS = {"tensorrt": "xlsr_edge.runtime.tensorrt", "openvino": "xlsr_edge.runtime.openvino"}
 
 
 def make_runner(backend: str, folder: Path, manifest, **kwargs) -> Runner:

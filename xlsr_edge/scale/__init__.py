@@ -8,7 +8,7 @@ first call that needs it raises MissingDependencyError naming the extra. The run
   `ray://HOST:10001` join an existing one), resources, the worker pool size.
 * `worker`: the callable class Ray Data's `map_batches` runs in a pool of actors, each holding one Recognizer;
   the bundle reaches it by path or through the object store and is checked by sha256 on every worker.
-* `output`: the output folder: Parquet or JSONL shards (temp name, then renamed), job.json, summary.json,
+* `output`: the output folder: Parquet or JSONL shards (temp name, then renamed), _job.json, _summary.json,
   and what an earlier run already wrote (--resume).
 * `job`: the driver: manifests -> Ray Data -> shards, exactly once; `RayRecognizer` for `eval --address`.
 """

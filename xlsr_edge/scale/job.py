@@ -116,7 +116,7 @@ class JobResult:
 
 
 def read_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[InputRow], list[dict[str, Any]]]:
-    """Every utterance of every manifest, folder or audio file, in order; and what job.json records of them."""
+    """Every utterance of every manifest, folder or audio file, in order; and what _job.json records of them."""
     from xlsr_edge.datasets import read_manifest
 
     rows: list[InputRow] = []
@@ -269,7 +269,7 @@ def transcribe_dataset(
         "inputs": meta,
     }
     run, before = output.prepare(out, job, resume=options.resume, protect=[("the bundle", bundle)])
-    todo = list(inputs)  # MUTATION
+    todo = [r for r in inputs if r.id not in before.ids]
     by_id = {r.id: r for r in inputs}
     if before.rows:
         _say(options, f"{out}: {len(before.ids)} of {len(inputs)} inputs already written, {len(todo)} to go")
@@ -278,7 +278,7 @@ def transcribe_dataset(
     seen = set(before.ids)
     # t_first/t_last: when the first/last results arrived; first_audio: the audio of the first results
     state: dict[str, Any] = {"written": 0, "dropped": 0, "audio": 0.0, "interrupted": False}
-    state.update(t_first=None, t_last=None, first_audio=0.0)
+    state.update(t_first=None, t_last=None, first_audio=0.0, submitted=len(todo))
     conn_info: dict[str, Any] = {}
     pool_info: dict[str, Any] = {}
     buffer: list[dict[str, Any]] = []
@@ -344,7 +344,7 @@ def transcribe_dataset(
             flush()  # the rows already received are finished work: keep them
             finish(check=False)
         except Exception as inner:  # noqa: BLE001 - the first failure is the one to report
-            print(f"note: could not write the last rows or summary.json: {inner}", file=sys.stderr)
+            print(f"note: could not write the last rows or _summary.json: {inner}", file=sys.stderr)
         raise
     return finish(check=True)
 
@@ -406,6 +406,7 @@ def _finish(
         "run": {
             "number": writer.run,
             "skipped_already_written": len(before.ids),
+            "submitted": state["submitted"],  # inputs sent to the cluster in this run
             "written": state["written"],
             "duplicates_dropped": state["dropped"],
             "audio_hours": round(audio_h, 6),
@@ -427,7 +428,7 @@ def _finish(
     if check and (missing or final.duplicates):
         raise XlsrEdgeError(
             f"{out}: {missing} inputs missing and {final.duplicates} written twice after the run "
-            "(see summary.json); run again with --resume to fill the gaps"
+            "(see _summary.json); run again with --resume to fill the gaps"
         )
     return JobResult(out, summary)
 

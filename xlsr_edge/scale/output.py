@@ -1,17 +1,17 @@
-"""The output folder of `transcribe-dataset`: shards with one row per input, job.json, summary.json.
+"""The output folder of `transcribe-dataset`: shards with one row per input, _job.json, _summary.json.
 
 ```
 OUT/
-  job.json                  what the job is: bundle sha256, format, the manifests (sha256 of their entries)
+  _job.json                  what the job is: bundle sha256, format, the manifests (sha256 of their entries)
   part-001-00000.parquet    run 1, shard 0 (or .jsonl): one row per input, written to a temp name and renamed
   part-001-00001.parquet
   part-002-00000.parquet    run 2 (--resume): only the inputs the earlier runs did not write
-  summary.json              counts, audio hours, throughput, failures (rewritten at the end of every run)
+  _summary.json              counts, audio hours, throughput, failures (rewritten at the end of every run)
 ```
 
 A shard is complete or absent: it is written to `.NAME.tmp`, synced, then renamed (xlsr_edge.outputs), so a
 kill loses at most the rows not yet in a shard, and `--resume` finds every finished row. The folder is only
-ever created new (missing or empty) or continued with `--resume` when its job.json says it is the same job;
+ever created new (missing or empty) or continued with `--resume` when its _job.json says it is the same job;
 anything else there is refused before any work (xlsr_edge.outputs.check_output), and nothing in it is ever
 deleted except our own temp shards of killed runs.
 """
@@ -29,13 +29,13 @@ from typing import Any
 from xlsr_edge.errors import XlsrEdgeError
 from xlsr_edge.outputs import OutputKind, check_output, has_file, install_files
 
-JOB_JSON = "job.json"
-SUMMARY_JSON = "summary.json"
+JOB_JSON = "_job.json"
+SUMMARY_JSON = "_summary.json"
 FORMATS = ("parquet", "jsonl")
 KIND = OutputKind("transcription output", "xlsr-edge transcribe-dataset", has_file(JOB_JSON))
 SHARD = re.compile(r"^part-(?P<run>\d{3,})-(?P<seq>\d{5,})\.(?P<ext>parquet|jsonl)$")
 TEMP_SHARD = re.compile(r"^\.part-\d{3,}-\d{5,}\.(parquet|jsonl)\.tmp$")
-FAILURES_LISTED = 20  # in summary.json; every failure is a row in the shards
+FAILURES_LISTED = 20  # in _summary.json; every failure is a row in the shards
 
 # One row per input. `id` is "MANIFEST_INDEX:ORDINAL" (the position among the command's manifests and the
 # utterance's position in its manifest): stable across runs with the same manifests, which --resume checks.

@@ -361,9 +361,9 @@ def read_sentences(path: Path, language: str) -> tuple[list[tuple[str, str]], li
         if not text:
             continue
         if fitter is not None:
-            words = [fitter.word(w) for w in text.split()]
-            ok = all(w is not None for w in words)
-            text = " ".join(w for w in words if w)
+            ok = all(TextFitter(letters).word(w) is not None for w in text.split())  # a probe: counts nothing
+            if ok:
+                text = fitter.line(text)
         else:
             ok = all(w.replace("'", "").isalpha() for w in text.split())
         if not ok:
@@ -373,9 +373,7 @@ def read_sentences(path: Path, language: str) -> tuple[list[tuple[str, str]], li
             kept.append((spoken, text))
     if not kept:
         raise XlsrEdgeError(f"--sentences: {path} has no sentence the {language!r} alphabet can spell")
-    fitted = fitter.fit.summary() if fitter is not None else []
-    # the words of dropped sentences are counted as dropped by the fitter; say "sentences" instead
-    fitted = [line for line in fitted if not line.startswith("dropped")]
+    fitted = fitter.fit.summary(f"the {language} alphabet") if fitter is not None else []
     return kept, dropped, fitted
 
 

@@ -1,0 +1,195 @@
+"""OpenVINO runner backend (`--backend openvino`, extra ``xlsr-edge[openvino]``) and the CPU's instruction sets.
+
+OpenVINO reads the bundle's ONNX as it is (fp32, fp16 casts, int8 Q/DQ: its low-precision transformations turn
+the Q/DQ MatMuls into int8 kernels) and compiles it for the CPU. It is fed ``input_values`` + ``attention_mask``
+exactly like onnxruntime, so a padded batch gives the same transcripts as each clip alone.
+
+* Inference precision hint (the precision of everything that is not int8): ``bf16`` where the CPU has
+  AMX-BF16 or AVX512-BF16, ``f32`` elsewhere (``choose_precision_hint``, a pure function of the CPU flags);
+  ``precision_hint="f32"`` (``--precision-hint f32``) forces full precision.
+* Threads: ``INFERENCE_NUM_THREADS``; one stream and the latency hint (one request at a time, all threads on it).
+* Compiled-model cache (``CACHE_DIR``): the first load compiles and writes a blob, later loads of the same graph
+  with the same settings read it back (start-up of seconds instead of tens of seconds on the 300M shape).
+  Default ``$XDG_CACHE_HOME/xlsr-edge/openvino`` (``~/.cache/...``); ``cache_dir=None`` turns it off.
+
+No torch here: this module is part of the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlsr_edge.constants import ATTENTION_MASK, INPUT_VALUES, OUTPUT_LENGTHS
+from xlsr_edge.errors import XlsrEdgeError, require
+from xlsr_edge.runtime.runners import Runner, register_backend
+
+OPENVINO_EXTRA = "openvino"
+PRECISION_HINTS = ("auto", "bf16", "f32", "f16")
+# /proc/cpuinfo flags with native bf16 arithmetic (AMX tiles, or AVX512 dot products)
+BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+# What `bench` and benchmarks/precision.py report: name -> /proc/cpuinfo flag
+INSTRUCTION_SETS = {
+    "AVX2": "avx2",
+    "AVX512F": "avx512f",
+    "AVX-VNNI": "avx_vnni",
+    "AVX512-VNNI": "avx512_vnni",
+    "AVX512-BF16": "avx512_bf16",
+    "AVX512-FP16": "avx512_fp16",
+    "AMX-INT8": "amx_int8",
+    "AMX-BF16": "amx_bf16",
+    "AMX-FP16": "amx_fp16",
+}
+
+
+# -- the CPU ------------------------------------------------------------------------------------------------
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The first processor's feature flags (x86 ``flags``, ARM ``Features``); empty where unreadable."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def instruction_sets(flags: Iterable[str] | None = None) -> dict[str, bool]:
+    """{"AVX512-VNNI": True, "AVX512-BF16": True, "AMX-BF16": False, ...} for the given (default: this) CPU."""
+    have = cpu_flags() if flags is None else frozenset(flags)
+    return {name: flag in have for name, flag in INSTRUCTION_SETS.items()}
+
+
+def choose_precision_hint(flags: Iterable[str]) -> str:
+    """bf16 where the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16), f32 elsewhere.
+
+    (OpenVINO's own default is the same on x86; ARM's f16 default is not taken: f32 is the safe choice there.)
+    """
+    return "bf16" if BF16_FLAGS & frozenset(flags) else "f32"
+
+
+def resolve_precision_hint(hint: str | None, flags: Iterable[str] | None = None) -> str:
+    """``auto``/None -> choose_precision_hint(flags, default: this CPU); bf16/f32/f16 as given."""
+    hint = (hint or "auto").strip().lower()
+    if hint not in PRECISION_HINTS:
+        raise XlsrEdgeError(f"--precision-hint must be one of {', '.join(PRECISION_HINTS)}, got {hint!r}")
+    if hint == "auto":
+        return choose_precision_hint(cpu_flags() if flags is None else flags)
+    return hint
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "xlsr-edge" / "openvino"
+
+
+def import_openvino():
+    """The openvino module, or MissingDependencyError naming the extra (exit 2 with one `error:` line)."""
+    return require("openvino", OPENVINO_EXTRA, "OpenVINO runs the bundle on Intel/AMD x86 and ARM CPUs")
+
+
+# -- the runner ---------------------------------------------------------------------------------------------
+
+_AUTO = "auto"
+
+
+class OpenVinoRunner(Runner):
+    name = "openvino"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        threads: int | None = None,
+        precision_hint: str | None = None,
+        cache_dir: str | Path | None = _AUTO,
+        device: str = "CPU",
+    ) -> None:
+        super().__init__()
+        self.model_path = Path(model_path)
+        self.threads = threads
+        self.precision_hint = resolve_precision_hint(precision_hint)
+        self.cache_dir = (
+            default_cache_dir() if cache_dir == _AUTO else (Path(cache_dir) if cache_dir else None)
+        )
+        self.device = device
+        self.compiled = None
+        self.request = None
+        self.uses_mask = False
+        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+
+    def config(self) -> dict[str, Any]:
+        """The properties given to ``compile_model``."""
+        cfg: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": self.precision_hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if self.threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
+        if self.cache_dir is not None:
+            cfg["CACHE_DIR"] = str(self.cache_dir)
+        return cfg
+
+    def _activate(self) -> None:
+        ov = import_openvino()
+        if self.cache_dir is not None:
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise XlsrEdgeError(
+                    f"cannot create the OpenVINO cache folder {self.cache_dir}: {exc}"
+                ) from exc
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(str(self.model_path), self.device, self.config())
+        except Exception as exc:  # openvino raises RuntimeError subclasses for unreadable graphs/settings
+            raise XlsrEdgeError(f"openvino cannot load {self.model_path}: {exc}") from exc
+        self.uses_mask = ATTENTION_MASK in {n for i in self.compiled.inputs for n in i.get_names()}
+        names = [o.get_any_name() for o in self.compiled.outputs]
+        # logits for CTC bundles, hidden_states for shared multi-language backbones
+        self.outputs = [next(n for n in names if n != OUTPUT_LENGTHS), OUTPUT_LENGTHS]
+        self.request = self.compiled.create_infer_request()
+
+    def _deactivate(self) -> None:
+        self.request = None
+        self.compiled = None
+
+    def actual_precision(self) -> str | None:
+        """The inference precision the compiled model uses (after OpenVINO's own checks)."""
+        if self.compiled is None:
+            return None
+        value = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        return value.get_type_name() if hasattr(value, "get_type_name") else str(value)  # "f32", "bf16"
+
+    def infer(
+        self, input_values: np.ndarray, attention_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.request is None:
+            self.activate()
+        feeds = {INPUT_VALUES: np.ascontiguousarray(input_values, dtype=np.float32)}
+        if self.uses_mask:
+            if attention_mask is None:
+                attention_mask = np.ones(input_values.shape, dtype=np.int64)
+            feeds[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        # share_outputs=False: the arrays are copies, not views of buffers the next call overwrites
+        with self._lock:
+            result = self.request.infer(feeds, share_inputs=True, share_outputs=False)
+        logits = np.asarray(result[self.outputs[0]], dtype=np.float32)
+        lengths = np.asarray(result[self.outputs[1]], dtype=np.int64)
+        return logits, lengths
+
+
+register_backend(
+    "openvino",
+    lambda folder, manifest, **kw: OpenVinoRunner(Path(folder) / manifest.graph, **kw),
+)
