@@ -7,7 +7,9 @@ Two test sets, neither seen by the LM or by the tuning:
     corpus, regenerated here from `xlsr-edge synth`'s seeded sampler exactly as models/demo-tr/MODEL_CARD.md
     made them; no audio needed), a word 3-gram. Tuned on the first corpus' dev split (83 utterances, rendered
     here with the voices/speeds/pitches the corpus drew). The test clips' sentences are in neither.
-    For reference also an "oracle" LM of the test transcripts themselves (what tests/test_lm_tune.py checks).
+    Also the natural-sentence LM of (b), which is unrelated text for these clips (the issue's case: an LM that
+    hurts), and for reference an "oracle" LM of the test transcripts themselves (what tests/test_lm_tune.py
+    checks).
 (b) natural Turkish sentences written for this benchmark (benchmarks/data): an LM of 60 sentences
     (tr_lm_text.txt, built with `--bundle` fitting), weights tuned on 20 other sentences (tr_dev_sentences.txt),
     tested on 20 more (tr_test_sentences.txt); dev and test spoken by `xlsr-edge synth --sentences`
@@ -228,7 +230,7 @@ def main() -> None:
             vocab,
             (dev_logits, dev_refs),
             (test_logits, test_refs),
-            {"training-transcript": lm_train},
+            {"training-transcript": lm_train, "natural-text (60 sentences, unrelated here)": lm_natural},
             args.workers,
         ),
         measure(

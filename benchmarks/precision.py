@@ -10,8 +10,14 @@ the converted one; the random model's gate is informational only: its transcript
 interleaved rounds, warm-up excluded; throughput = audio seconds / median model-call seconds on exactly
 ``--seconds`` of audio (batch rows of equal length, no padding). Also reported: bundle size, load time, peak RSS.
 
-Extra variant ``int8-dynamic+cnn``: int8-dynamic with the CNN feature encoder's layers 1-6 exported as
-MatMuls and quantized too (``--quantize-ops MatMul Gemm FeatureEncoder``).
+Extra variants ``int8-dynamic+cnn`` and ``int8+cnn``: int8-dynamic / static Q/DQ int8 with the CNN feature
+encoder's layers 1-6 exported as MatMuls and quantized too (``--quantize-ops MatMul Gemm FeatureEncoder``).
+
+Engines (issue 19): every variant on onnxruntime, the ``--ov-variants`` (default fp32, int8, int8+cnn) also on
+OpenVINO (``--backend openvino``, precision hint chosen from the CPU unless ``--precision-hint``), and PyTorch eager
+under ``torch.autocast("cpu", bfloat16)`` next to the eager fp32 baseline (``--no-torch-bf16`` leaves it out),
+all in one ``run_bench`` per model and thread count. The CPU's instruction sets (AVX512-VNNI, AVX512-BF16, AMX)
+and the load average before and after the timed rounds are written with the figures.
 
 Writes results.json, results.md and throughput_<model>.png into ``-o``. ``--quick`` is a small run (4-layer 300M shape,
 2 threads, batch 1, 2 rounds).
@@ -25,6 +31,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,62 +105,132 @@ def export_variants(
     return out
 
 
-def test_set_cer(bundles: dict[str, dict], manifest: Path) -> None:
-    """CER/WER of every bundle on the demo test set (greedy, the runtime's own pipeline)."""
+def engines(bundles: dict[str, dict], args) -> list[tuple[str, str]]:
+    """(variant, backend) pairs to run: every variant on onnxruntime, the --ov-variants also on openvino."""
+    out = []
+    for name in bundles:
+        for backend in args.backends:
+            if backend == "openvino" and name not in args.ov_variants:
+                continue
+            out.append((name, backend))
+    return out
+
+
+def test_set_cer(bundles: dict[str, dict], manifest: Path, args) -> dict[tuple[str, str], dict]:
+    """CER/WER of every (variant, backend) on the demo test set (greedy, the runtime's own pipeline)."""
     from xlsr_edge.datasets import read_manifest
     from xlsr_edge.measure.metrics import error_rates
     from xlsr_edge.runtime import Recognizer
 
     utts = read_manifest(manifest)
     refs = [u.text or "" for u in utts]
-    for name, meta in bundles.items():
-        with Recognizer.from_bundle(meta["bundle"]) as rec:
+    out = {}
+    for name, backend in engines(bundles, args):
+        kw = runner_options(args) if backend == "openvino" else {}
+        with Recognizer.from_bundle(bundles[name]["bundle"], backend=backend, threads=2, **kw) as rec:
             hyps = [t.text for t in rec.transcribe([u.audio for u in utts])]
         r = error_rates(refs, hyps, language="tr")
-        meta.update(test_cer=r.cer, test_wer=r.wer, test_utterances=r.utterances)
-        log(f"{name}: test CER {r.cer:.2%} WER {r.wer:.2%}")
+        out[(name, backend)] = {"test_cer": r.cer, "test_wer": r.wer, "test_utterances": r.utterances}
+        log(f"{name} on {backend}: test CER {r.cer:.2%} WER {r.wer:.2%}")
+    return out
 
 
-def bench(model: str, ckpt: Path, bundles: dict[str, dict], args, batch: list[int]) -> list[dict]:
+def runner_options(args) -> dict:
+    return {"precision_hint": args.precision_hint} if args.precision_hint else {}
+
+
+def bench(
+    model: str, ckpt: Path, bundles: dict[str, dict], args, batch: list[int], cer: dict | None = None
+) -> list[dict]:
     from xlsr_edge.measure.bench import BenchConfig, run_bench
 
+    pairs = engines(bundles, args)
+    paths = {name: str(m["bundle"]) for name, m in bundles.items()}
     config = BenchConfig(
         bundles=[m["bundle"] for m in bundles.values()],
         seconds=[args.seconds],
         batch=batch,
         threads=args.threads,
         torch=ckpt,
+        torch_bf16=args.torch_bf16,
         repeat=args.repeat,
         warmup=args.warmup,
+        backend=list(args.backends),
+        runner_options=runner_options(args),
+        bundle_backends={paths[n]: [b for v, b in pairs if v == n] for n in bundles},
     )
-    results = run_bench(config, log)
-    by_label = {Path(m["bundle"]).name: (name, m) for name, m in bundles.items()}
     rows = []
-    for r in results["rows"]:
-        name, meta = by_label.get(r["engine"], (r["engine"], {}))
+    for threads in args.threads:  # one run per thread count: its load average is its own
+        results = run_bench(replace(config, threads=[threads]), log)
+        by_path = {paths[n]: n for n in bundles}
+        fp32_cer = (cer or {}).get(("fp32", "onnxruntime"), {}).get("test_cer")
+        for r in results["rows"]:
+            name = by_path.get(r["path"], r["engine"])
+            meta = bundles.get(name, {})
+            backend = r["backend"]
+            c = (cer or {}).get((name, backend), {})
+            rows.append(
+                {
+                    "model": model,
+                    "variant": name,
+                    "backend": backend,
+                    "engine": name if backend in ("pytorch",) else f"{name} ({backend})",
+                    "compute": r.get("inference_precision") or r.get("autocast"),
+                    **{
+                        k: r[k]
+                        for k in ("precision", "threads", "batch", "seconds", "audio_s_per_s", "p50_ms")
+                    },
+                    "vs_eager": r["vs_baseline"],
+                    "load_s": r["load_s"],
+                    "peak_rss_mb": r["peak_rss_mb"],
+                    "size_mb": r["size_mb"],
+                    "export_s": meta.get("export_s"),
+                    "test_cer": c.get("test_cer"),
+                    "test_wer": c.get("test_wer"),
+                    "cer_delta_points": None
+                    if c.get("test_cer") is None or fp32_cer is None
+                    else 100 * (c["test_cer"] - fp32_cer),
+                    "gate_cer_delta_points": meta.get("gate_cer_delta_points"),
+                    "gate_argmax_agreement": meta.get("gate_argmax_agreement"),
+                }
+            )
         rows.append(
             {
                 "model": model,
-                "variant": name,
-                **{k: r[k] for k in ("precision", "threads", "batch", "seconds", "audio_s_per_s", "p50_ms")},
-                "vs_eager": r["vs_baseline"],
-                "load_s": r["load_s"],
-                "peak_rss_mb": r["peak_rss_mb"],
-                "size_mb": r["size_mb"],
-                "export_s": meta.get("export_s"),
-                "test_cer": meta.get("test_cer"),
-                "test_wer": meta.get("test_wer"),
-                "gate_cer_delta_points": meta.get("gate_cer_delta_points"),
-                "gate_argmax_agreement": meta.get("gate_argmax_agreement"),
+                "threads": threads,
+                "environment": results["environment"],
+                "load_during_rounds": results["load_during_rounds"],
+                "method": results["method"],
             }
         )
-    rows.append({"model": model, "environment": results["environment"], "method": results["method"]})
     return rows
+
+
+def goal_lines(rows: list[dict], target: float = 5.5) -> list[str]:
+    """Per model and thread count at batch 1: the fastest engine and its ratio to eager fp32."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for threads in sorted({r["threads"] for r in rows if r["model"] == model}):
+            cand = [
+                r
+                for r in rows
+                if r["model"] == model and r["threads"] == threads and r["batch"] == 1 and r["vs_eager"]
+            ]
+            if not cand:
+                continue
+            best = max(cand, key=lambda r: r["vs_eager"])
+            verdict = "meets" if best["vs_eager"] >= target else "misses"
+            out.append(
+                f"- {model}, {threads} thread{'s' if threads > 1 else ''}, batch 1: fastest {best['engine']} "
+                f"{best['audio_s_per_s']:.2f} audio-s/s = {best['vs_eager']:.2f}x eager fp32 ({verdict} {target}x)"
+            )
+    return out
 
 
 COLUMNS = [
     ("model", "model"),
-    ("variant", "engine"),
+    ("engine", "engine"),
+    ("compute", "non-int8 math"),
     ("threads", "threads"),
     ("batch", "batch"),
     ("audio_s_per_s", "audio-s/s", "{:.2f}"),
@@ -162,6 +239,7 @@ COLUMNS = [
     ("peak_rss_mb", "peak RSS MiB", "{:.0f}"),
     ("size_mb", "size MiB", "{:.1f}"),
     ("test_cer", "test CER", "{:.2%}"),
+    ("cer_delta_points", "ΔCER vs fp32 pts", "{:+.2f}"),
     ("gate_cer_delta_points", "gate ΔCER pts", "{:+.2f}"),
     ("gate_argmax_agreement", "frame agree", "{:.4f}"),
 ]
@@ -179,7 +257,7 @@ def write_plots(rows: list[dict], out: Path, seconds: float) -> list[Path]:
                 out / f"throughput_{model}.png",
                 value="audio_s_per_s",
                 group=lambda r: f"{r['threads']} thr, batch {r['batch']}",
-                series=lambda r: r["variant"],
+                series=lambda r: r["engine"],
                 title=f"{model}: throughput on {seconds:g} s audio (audio-seconds per second)",
                 ylabel="audio-s/s",
             )
@@ -199,6 +277,18 @@ def main() -> int:
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-300m", action="store_true")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument(
+        "--backends", nargs="+", default=["onnxruntime", "openvino"], choices=["onnxruntime", "openvino"]
+    )
+    ap.add_argument(
+        "--ov-variants",
+        nargs="+",
+        default=["fp32", "int8", "int8+cnn"],
+        choices=list(VARIANTS),
+        help="variants also run on OpenVINO",
+    )
+    ap.add_argument("--precision-hint", default=None, help="OpenVINO hint (default: chosen from the CPU)")
+    ap.add_argument("--no-torch-bf16", dest="torch_bf16", action="store_false")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--batch-300m", type=int, nargs="+", default=None, help="default: --batch")
@@ -221,9 +311,8 @@ def main() -> int:
             log("demo model not found (models/demo-tr): skipping part (a)")
         else:
             bundles = export_variants(ckpt, work / "demo", args.variants, cal, informational_gate=False)
-            if test_manifest is not None:
-                test_set_cer(bundles, test_manifest)
-            rows += bench("demo", ckpt, bundles, args, args.batch)
+            cer = test_set_cer(bundles, test_manifest, args) if test_manifest is not None else None
+            rows += bench("demo", ckpt, bundles, args, args.batch, cer)
 
     if not args.skip_300m:
         from xlsr_edge.export.tiny import XLSR_300M, build_checkpoint
@@ -236,7 +325,7 @@ def main() -> int:
         bundles = export_variants(ckpt, work / name, args.variants, None, informational_gate=True)
         rows += bench(name, ckpt, bundles, args, args.batch_300m or args.batch)
 
-    from xlsr_edge.measure.bench import markdown_table, write_json
+    from xlsr_edge.measure.bench import isa_summary, markdown_table, write_json
 
     table_rows = [r for r in rows if "variant" in r]
     envs = [r for r in rows if "environment" in r]
@@ -245,11 +334,23 @@ def main() -> int:
     print(table)
     write_json(args.out / "results.json", {"rows": table_rows, "runs": envs, "settings": vars(args)})
     env = envs[0]["environment"] if envs else {}
+    versions = ", ".join(f"{k} {env[k]}" for k in ("onnxruntime", "openvino", "torch") if env.get(k))
+    loads = "; ".join(
+        f"{e['model']} {e['threads']} thr: "
+        + ", ".join(
+            f"{x['loadavg_before'][0]:.2f} -> {x['loadavg_after'][0]:.2f}" for x in e["load_during_rounds"]
+        )
+        for e in envs
+    )
     (args.out / "results.md").write_text(
-        f"# precision benchmark\n\nCPU {env.get('cpu')} ({env.get('usable_cpus')} usable cores, load "
-        f"{env.get('loadavg_1m')} at start), onnxruntime {env.get('onnxruntime')}; {args.seconds:g} s audio, "
-        f"{args.repeat} interleaved rounds, median. vs eager = audio-s/s / PyTorch eager fp32's in the same run.\n\n"
+        f"# precision benchmark\n\nCPU {env.get('cpu')} ({env.get('usable_cpus')} usable cores; "
+        f"{isa_summary(env.get('instruction_sets'))}), {versions}; {args.seconds:g} s audio, "
+        f"{args.repeat} interleaved rounds, median. vs eager = audio-s/s / PyTorch eager fp32's in the same run "
+        f"(one run per model and thread count). 1-minute load average before -> after the timed rounds: {loads}. "
+        "non-int8 math: OpenVINO's inference precision (bf16/f32) or PyTorch autocast.\n\n"
         + table
+        + "\n\n"
+        + "\n".join(goal_lines(table_rows))
         + "\n",
         encoding="utf-8",
     )

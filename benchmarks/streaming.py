@@ -21,7 +21,9 @@ Sections (``--sections vad,grid,batch,capacity``; each writes its part of result
 3. ``capacity``: ``xlsr-edge serve`` in a child process (127.0.0.1, --threads), N WebSocket clients in this
    process, each streaming a 3-clip conversation (1 s gaps) in real time in 100 ms packets, starts spread over
    1 s. Final latency = arrival of the utterance's final - the wall time its speech end was sent. A level
-   passes when every utterance got its final and p95 <= 1 s. Levels grow x1.5 until one fails, then bisect;
+   passes when every utterance got its final and p95 <= 1 s; it fails when two attempts in a row miss that
+   (this machine is shared: one load spike is not the server's capacity). Levels grow x1.5 until one fails,
+   then bisect;
    two servers, with cross-stream batching (--max-batch 32) and without (--max-batch 1), run at once and their
    ladders advance in lockstep (order alternating), so both see the same load from other processes.
 
@@ -607,6 +609,11 @@ def bench_capacity(bundle: Path, args: argparse.Namespace) -> dict:
                     time.sleep(0.1)
                 if ok:
                     st["passed"] = max(st["passed"], n)
+                elif (
+                    st.get("retried") != n
+                ):  # other processes' load spikes: a level fails only twice in a row
+                    st["retried"] = n
+                    continue
                 else:
                     st["failed"] = n if st["failed"] is None else min(st["failed"], n)
                 st["next"] = next_level(n, st["passed"], st["failed"])
@@ -848,6 +855,9 @@ def main() -> int:
     ap.add_argument("--bundle", type=Path, default=None, help="default: models/demo-tr, exported here")
     ap.add_argument("--sections", default="vad,grid,batch,capacity")
     ap.add_argument(
+        "--update", action="store_true", help="keep the other sections of an existing results.json"
+    )
+    ap.add_argument(
         "--batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 4, 8, 16, 32]
     )
     ap.add_argument("--batch-threads", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2])
@@ -877,7 +887,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bundle = get_bundle(args, work)
-    results: dict = {
+    previous = args.out / "results.json"
+    results: dict = (
+        json.loads(previous.read_text(encoding="utf-8")) if args.update and previous.is_file() else {}
+    )
+    results |= {
         "model": str(args.bundle)
         if args.bundle is not None
         else {"demo": "models/demo-tr (exported)", "xlsr-300m": "random weights, XLS-R 300M shape"}[
@@ -889,18 +903,22 @@ def main() -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     if "vad" in sections:
+        results.setdefault("section_environment", {})["vad"] = environment()
         log("VAD comparison")
         results["vad"] = bench_vad(work)
     if "grid" in sections:
+        results.setdefault("section_environment", {})["grid"] = environment()
         log("chunk x context grid")
         results["grid"] = bench_grid(bundle, args)
         plot_latency_vs_cer(
             results["grid"]["rows"], args.out / "latency_vs_cer.png", results["grid"]["offline_cer"]
         )
     if "batch" in sections:
+        results.setdefault("section_environment", {})["batch"] = environment()
         log("inference per window by batch size")
         results["batch"] = bench_batch(bundle, args)
     if "capacity" in sections:
+        results.setdefault("section_environment", {})["capacity"] = environment()
         log("server capacity")
         results["capacity"] = bench_capacity(bundle, args)
         plot_bars(

@@ -459,3 +459,44 @@ def test_conv_as_matmul_equals_conv1d_for_every_length(kernel, stride, channels)
         got = _conv_as_matmul(x, conv)
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_int8_static_qdq_includes_the_feature_encoder(tiny_ckpt, tmp_path):
+    """Issue 19: the Q/DQ (TensorRT / OpenVINO) form with CNN layers 1-6 in int8; layer 0 stays float."""
+    out = tmp_path / "b"
+    opts = ExportOptions(
+        precision="int8", quantize_ops=("MatMul", "Gemm", "FeatureEncoder"), max_cer_delta=100.0
+    )
+    manifest = export_bundle(tiny_ckpt, out, opts)
+    assert manifest.parity["passed"] and manifest.precision == "int8"
+    report = manifest.extra["precision_report"]["method"]
+    assert report["quantized_groups"] == {"FeatureEncoder": 6, "MatMul": 8}
+    assert report["kept_float_nodes"]["CNN layer 0 (waveform) kept float"] == 1
+    graph = _graph(out)
+    producers, inits = _producers(graph), _inits(graph)
+    cnn = [n for n in graph.node if n.op_type == "MatMul" and "feature_extractor" in n.name]
+    qdq = [n for n in cnn if all(producers.get(i, n).op_type == "DequantizeLinear" for i in n.input)]
+    assert len(cnn) == 7 and len(qdq) == 6  # layers 1-6 read DequantizeLinear on both inputs
+    (layer0,) = [n for n in cnn if n not in qdq]
+    assert not any(producers.get(i, layer0).op_type == "DequantizeLinear" for i in layer0.input)
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 1 and "pos_conv" in convs[0]
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for n in qdq:
+        act, weight = (producers[i] for i in n.input)
+        assert weight.input[0] in inits  # per-channel int8 weight
+        assert onnx.numpy_helper.to_array(inits[weight.input[1]]).size == inits[weight.input[0]].dims[1]
+        assert len(consumers[act.output[0]]) == 1  # a dedicated DQ per MatMul: TensorRT/ORT fuse it
+        zp = inits[act.input[2]]
+        assert zp.data_type == onnx.TensorProto.INT8 and not onnx.numpy_helper.to_array(zp).any()
+    # the runtime runs it, and a padded batch equals each clip alone
+    from xlsr_edge.runtime import Recognizer
+
+    clips = [str(c) for c in default_clips()]
+    with Recognizer.from_bundle(out) as rec:
+        alone = [rec.transcribe([c])[0].text for c in clips]
+        batch = [t.text for t in rec.transcribe(clips)]
+    assert batch == alone

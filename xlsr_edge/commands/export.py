@@ -27,12 +27,28 @@ from xlsr_edge.precision.options import (
     QUANTIZABLE_GROUPS,
 )
 
-DESCRIPTION = "Export a fine-tuned XLS-R/Wav2Vec2 CTC checkpoint folder to a verified ONNX bundle."
+DESCRIPTION = (
+    "Export a fine-tuned CTC speech checkpoint (XLS-R/Wav2Vec2, MMS, HuBERT, WavLM, Wav2Vec2-BERT, ...; a folder "
+    "or a hub id) to a verified ONNX bundle."
+)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The export options; the same for `export-xlsr` and `xlsr-edge export`."""
-    ap.add_argument("checkpoint", type=Path, nargs="?", help="local Hugging Face checkpoint folder")
+    ap.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="?",
+        help="Hugging Face checkpoint folder of any *ForCTC audio model (Wav2Vec2/XLS-R/MMS, Wav2Vec2-Conformer, "
+        "HuBERT, WavLM, Data2Vec-Audio, UniSpeech(-SAT), SEW(-D), Wav2Vec2-BERT), or a hub id org/name[@revision] "
+        "(fetched into the Hugging Face cache; HF_HUB_OFFLINE=1 uses the cache only)",
+    )
+    ap.add_argument(
+        "--target-lang",
+        default=None,
+        metavar="LANG",
+        help="MMS: the language of a vocab.json with one vocabulary per language (and its adapter.LANG.safetensors)",
+    )
     ap.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     ap.add_argument("--max-batch", type=int, default=None, help="largest batch the deployment will use")
@@ -199,6 +215,7 @@ def _export(args: argparse.Namespace) -> int:
         exclude_ops=tuple(args.exclude_ops),
         quantize_ops=tuple(args.quantize_ops),
         seed=args.seed,
+        target_lang=args.target_lang,
     )
     if args.multi and args.precision != "fp32":
         raise XlsrEdgeError("--precision is not supported with --multi yet; export fp32")

@@ -16,6 +16,8 @@ class Vocabulary:
     blank_id: int
     word_delimiter: str = "|"
     frame_seconds: float = 0.02  # frame stride in samples / sample rate
+    # placeholder entries for head columns the tokenizer has no token for: decoded like the blank, never text
+    spare_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.blank_id < len(self.tokens):
@@ -30,6 +32,7 @@ class Vocabulary:
             blank_id=info.blank_id,
             word_delimiter=info.word_delimiter,
             frame_seconds=info.frame_stride_samples / info.sample_rate,
+            spare_ids=tuple(getattr(info, "spare_ids", ()) or ()),
         )
 
 

@@ -45,6 +45,8 @@ class GreedyDecoder(Decoder):
         self.vocab = vocab
         self._pieces = tuple(" " if tok == vocab.word_delimiter else tok for tok in vocab.tokens)
         self._is_space = tuple(piece == " " for piece in self._pieces)
+        self._silent = np.zeros(len(vocab.tokens), dtype=bool)  # the blank and spare (placeholder) columns
+        self._silent[[vocab.blank_id, *vocab.spare_ids]] = True
 
     def decode_batch(self, logits: np.ndarray, lengths: np.ndarray | None = None) -> list[Decoded]:
         logits, lengths = check_batch(logits, lengths, len(self.vocab.tokens))
@@ -58,13 +60,13 @@ class GreedyDecoder(Decoder):
         run_start &= np.arange(frames)[None, :] < lengths[:, None]
         rows, starts = np.nonzero(run_start)  # row-major: sorted by row, then frame
         bounds = np.searchsorted(rows, np.arange(batch + 1))
-        blank = self.vocab.blank_id
+        silent = self._silent
         results = []
         for b in range(batch):
             row_starts = starts[bounds[b] : bounds[b + 1]]
             row_ends = np.append(row_starts[1:], lengths[b])  # a run ends where the next starts (exclusive)
             row_ids = ids[b, row_starts]
-            keep = row_ids != blank
+            keep = ~silent[row_ids]
             results.append(self._assemble(row_ids[keep], row_starts[keep], row_ends[keep]))
         return results
 

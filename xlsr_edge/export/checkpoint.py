@@ -94,11 +94,16 @@ def resolve_checkpoint(spec: str | Path, target_langs: tuple[str, ...] = ()) -> 
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # network, offline without a cache, missing repo or revision, gated repo
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = "in the local Hugging Face cache" if _offline() else "on the Hugging Face Hub or in its cache"
+        if type(exc).__name__ == "LocalEntryNotFoundError":
+            why = "not in the local Hugging Face cache, " + (
+                "and HF_HUB_OFFLINE is set" if _offline() else "and the Hub cannot be reached"
+            )
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            why = f"{type(exc).__name__}: {first[:120]}"
         raise CheckpointError(
-            f"{text} is not a local folder and cannot be found {where} ({why[:160]}); download the checkpoint "
-            f"where there is network and pass its local folder: export-xlsr ./folder -o BUNDLE"
+            f"cannot get {text} from the Hugging Face Hub ({why}); download the checkpoint where there is "
+            "network and pass its local folder instead: export-xlsr ./folder -o BUNDLE"
         ) from exc
     return Path(folder)
 

@@ -49,6 +49,7 @@ class ExportOptions:
     exclude_ops: tuple[str, ...] = ()  # op types or node-name patterns kept float
     quantize_ops: tuple[str, ...] = ("MatMul", "Gemm")  # + Attention, FeatureEncoder, Conv
     seed: int = 0
+    target_lang: str | None = None  # MMS: the language of a per-language vocab.json (--target-lang)
 
     def __post_init__(self) -> None:
         if self.opset < MIN_OPSET:
@@ -103,7 +104,7 @@ def export_bundle(
     # before any work: never the checkpoint itself, never a folder of someone else's files
     check_output(out, BUNDLE, overwrite=options.overwrite, protect=protect)
     stage = Stages("export")
-    ckpt = inspect_checkpoint(checkpoint, allow_pickle=options.allow_pickle)
+    ckpt = inspect_checkpoint(checkpoint, allow_pickle=options.allow_pickle, target_lang=options.target_lang)
     info = ckpt.info
     # read the gate's audio first: a bad --verify-audio should fail before minutes of export
     audios = verification_audio(options.verify_audio, info.sample_rate) if options.verify else []
@@ -111,7 +112,8 @@ def export_bundle(
     if options.precision != "fp32":  # likewise a bad --calibration manifest
         precision_inputs = load_precision_inputs(options, info)
     stage(
-        f"loading checkpoint {ckpt.folder} ({len(info.vocab)} tokens, feat_extract_norm={info.feat_extract_norm})"
+        f"loading checkpoint {ckpt.folder} ({info.model_type}, {len(info.vocab)} tokens, "
+        f"feat_extract_norm={info.feat_extract_norm})"
     )
     model = load_model(ckpt)
     with atomic_output(out, BUNDLE, overwrite=options.overwrite, protect=protect) as tmp:
@@ -145,7 +147,7 @@ def export_bundle(
                 "max_batch": options.max_batch,
                 "padding": "padded batches with attention_mask"
                 if info.uses_attention_mask
-                else "feed unpadded, one utterance at a time (group-norm feature encoder)",
+                else "feed unpadded: batches of equal lengths only (no attention mask in the feature extractor)",
                 **({"precision_report": precision_report} if precision_report else {}),
             },
         )

@@ -617,6 +617,8 @@ class BenchConfig:
     repeat: int = 5
     warmup: int = 1
     runner_options: dict[str, Any] = field(default_factory=dict)  # openvino: precision_hint, cache_dir
+    # str(bundle path) -> the backends it runs on, where not all of ``backend`` (benchmarks/precision.py)
+    bundle_backends: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def backends(self) -> list[str]:
@@ -683,12 +685,15 @@ def _engine_specs(config: BenchConfig, threads: int) -> list[tuple[EngineSpec, d
     backends = config.backends
     for label, path in zip(_labels(config.bundles), config.bundles):
         manifest = read_manifest(path)  # BundleError for a wrong folder before any worker starts
-        for backend in backends:
+        chosen = config.bundle_backends.get(str(path), backends)
+        for backend in chosen:
             options = tuple(sorted(config.runner_options.items())) if backend == "openvino" else ()
             specs.append(
                 (
                     EngineSpec(
-                        label if len(backends) == 1 else f"{label} ({backend})",
+                        label
+                        if len(set(backends).union(*config.bundle_backends.values())) == 1
+                        else f"{label} ({backend})",
                         "bundle",
                         str(path),
                         backend,

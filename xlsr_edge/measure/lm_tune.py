@@ -431,10 +431,11 @@ def format_table(result: TuneResult, top: int | None = None) -> str:
             "closer to the speech may help (`xlsr-edge lm build --bundle B --dev DEV` reports its "
             "out-of-vocabulary rate)"
         )
-    if result.beam.key[:2] > result.greedy.key[:2]:
+    recorded = result.best if result.helps else result.beam  # what decoding with the sidecar gives
+    if recorded.key[:2] > result.greedy.key[:2]:
         lines.append(
-            "note: beam search (with or without the LM) is worse than greedy decoding on this set: consider "
-            "--decoder greedy"
+            f"note: beam search with these weights ({100 * recorded.rates.wer:.2f} %) is still worse than greedy "
+            f"decoding ({100 * result.greedy.rates.wer:.2f} %) on this set: consider --decoder greedy"
         )
     if result.missing or result.failed:
         lines.append(

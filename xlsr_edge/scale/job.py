@@ -268,6 +268,7 @@ def transcribe_dataset(
         "format": options.format,
         "inputs": meta,
     }
+    existed = out.exists()
     run, before = output.prepare(out, job, resume=options.resume, protect=[("the bundle", bundle)])
     todo = [r for r in inputs if r.id not in before.ids]
     by_id = {r.id: r for r in inputs}
@@ -342,7 +343,10 @@ def transcribe_dataset(
         state["error"] = None if state["interrupted"] else str(exc) or type(exc).__name__
         try:
             flush()  # the rows already received are finished work: keep them
-            finish(check=False)
+            if run == 1 and not writer.written:  # nothing done: leave no output that would need --resume
+                output.discard(out, remove_folder=not existed)
+            else:
+                finish(check=False)
         except Exception as inner:  # noqa: BLE001 - the first failure is the one to report
             print(f"note: could not write the last rows or _summary.json: {inner}", file=sys.stderr)
         raise

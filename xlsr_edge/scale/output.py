@@ -2,11 +2,11 @@
 
 ```
 OUT/
-  _job.json                  what the job is: bundle sha256, format, the manifests (sha256 of their entries)
+  _job.json                 what the job is: bundle sha256, format, the manifests (sha256 of their entries)
   part-001-00000.parquet    run 1, shard 0 (or .jsonl): one row per input, written to a temp name and renamed
   part-001-00001.parquet
   part-002-00000.parquet    run 2 (--resume): only the inputs the earlier runs did not write
-  _summary.json              counts, audio hours, throughput, failures (rewritten at the end of every run)
+  _summary.json             counts, audio hours, throughput, failures (rewritten at the end of every run)
 ```
 
 A shard is complete or absent: it is written to `.NAME.tmp`, synced, then renamed (xlsr_edge.outputs), so a
@@ -251,6 +251,20 @@ class ShardWriter:
         self.seq += 1
         self.written.append(self.folder / name)
         return self.folder / name
+
+
+def discard(folder: Path, *, remove_folder: bool) -> None:
+    """Undo `prepare` of a first run that wrote no shard: our two files, and the folder if we made it."""
+    folder = Path(folder)
+    if shard_files(folder):
+        return
+    for name in (JOB_JSON, SUMMARY_JSON):
+        (folder / name).unlink(missing_ok=True)
+    if remove_folder:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
