@@ -350,11 +350,11 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
 
     clips = test_set()[: args.clips]
     lead, trail, packet = 0.5, 1.0, int(0.02 * RATE)
-    configs = [(c, args.left, r) for c in args.chunks for r in args.rights]
-    configs += [(args.sweep_chunk, left, args.sweep_right) for left in args.lefts if left != args.left]
-    configs.append(
-        (WHOLE, 0.0, 0.0)
-    )  # no windowing: each utterance in one window (the cost of the VAD cut alone)
+    configs = [(c, args.left, r, True) for c in args.chunks for r in args.rights]
+    configs += [(args.sweep_chunk, left, args.sweep_right, True) for left in args.lefts if left != args.left]
+    # no windowing: each utterance in one window (what the VAD cut alone costs), and without VAD the whole
+    # stream, silence included, in one window (what the model makes of the silence around the speech)
+    configs += [(WHOLE, 0.0, 0.0, True), (WHOLE, 0.0, 0.0, False)]
     rows = []
     with Recognizer.from_bundle(bundle, threads=args.threads) as rec:
         c0 = time.process_time()
@@ -365,8 +365,10 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
         log(
             f"offline: CER {offline_cer:.2%} on {len(clips)} clips, {offline_cpu * 1000:.1f} CPU ms per audio s"
         )
-        for chunk, left, right in configs:
-            opts = StreamOptions(chunk_seconds=chunk, left_context_seconds=left, right_context_seconds=right)
+        for chunk, left, right, vad in configs:
+            opts = StreamOptions(
+                chunk_seconds=chunk, left_context_seconds=left, right_context_seconds=right, vad=vad
+            )
             hyps, final_lat, first_lat, cpu, audio_s, partials, missing = [], [], [], 0.0, 0.0, 0, 0
             for i, (x, _) in enumerate(clips):
                 audio = np.concatenate([quiet(lead, 2 * i), x, quiet(trail, 2 * i + 1)])
@@ -379,19 +381,25 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
                 hyps.append(" ".join(e.text for e, _ in fin))
                 part = [(e, w) for e, w in zip(events, when) if e.type == "partial"]
                 partials += len(part)
-                if fin:
+                if fin and vad:  # without VAD the final comes at close(), which says nothing about latency
                     e, (fed, dt) = fin[-1]
                     final_lat.append((fed - s1) / RATE + dt)
-                else:
+                elif vad:
                     missing += 1
                 if part:
                     e, (fed, dt) = part[0]
                     first_lat.append((fed - s0) / RATE + dt)
-            fl, pl = summarize(final_lat), summarize(first_lat) if first_lat else None
+            fl = summarize(final_lat) if final_lat else {"p50": None, "p95": None}
+            pl = summarize(first_lat) if first_lat else None
             rows.append(
                 {
                     "chunk_s": chunk,
-                    "chunk": "whole utterance" if chunk == WHOLE else f"{chunk:g}",
+                    "chunk": (
+                        ("whole utterance" if vad else "whole stream, no VAD")
+                        if chunk == WHOLE
+                        else f"{chunk:g}"
+                    ),
+                    "vad": vad,
                     "left_s": left,
                     "right_s": right,
                     "cer": cer(refs, hyps),
@@ -408,8 +416,9 @@ def bench_grid(bundle: Path, args: argparse.Namespace) -> dict:
             )
             r = rows[-1]
             log(
-                f"chunk {chunk} left {left} right {right}: CER {r['cer']:.2%} (vs offline {r['cer_vs_offline']:.2%}), "
-                f"final p50/p95 {r['final_latency_p50_s']:.3f}/{r['final_latency_p95_s']:.3f} s, "
+                f"chunk {chunk} left {left} right {right} vad {vad}: CER {r['cer']:.2%} "
+                f"(vs offline {r['cer_vs_offline']:.2%}), "
+                f"final p50/p95 {r['final_latency_p50_s']}/{r['final_latency_p95_s']} s, "
                 f"first partial p50 {r['first_partial_p50_s']}, {r['cpu_ms_per_audio_s']:.1f} CPU ms/s"
             )
     return {
@@ -723,6 +732,8 @@ def plot_latency_vs_cer(rows: list[dict], path: Path, offline_cer: float) -> Non
 
 def markdown(results: dict) -> str:
     env = results["environment"]
+    for r in results.get("capacity", {}).get("levels", []):
+        r["server_cpu_ms_per_stream_s"] = 1000 * r["server_cpu_share"] / r["streams"]
     out = [
         "# Streaming benchmark",
         "",
@@ -834,6 +845,7 @@ def markdown(results: dict) -> str:
                     ("final_latency_max_s", "max s", "{:.3f}"),
                     ("failed_utterances", "no final"),
                     ("server_cpu_share", "server CPU (cores)", "{:.2f}"),
+                    ("server_cpu_ms_per_stream_s", "server CPU ms / stream-s", "{:.1f}"),
                     ("mean_batch", "mean batch", "{:.2f}"),
                     ("loadavg_1m", "machine load", "{:.1f}"),
                     ("passed", "passed"),
@@ -898,7 +910,7 @@ def main() -> int:
             args.model
         ],
         "bundle": str(bundle),
-        "environment": environment(),
+        "environment": results.get("environment") or environment(),
         "cpu_isa": cpu_isa(),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -57,11 +57,16 @@ def _clips(n: int = 3) -> list[np.ndarray]:
     return clips
 
 
+_MODELS: dict[Path, tuple] = {}
+
+
 def _reference(ckpt: Path, family: str, clip: np.ndarray) -> np.ndarray:
     """transformers on one clip alone, prepared by the checkpoint's own feature extractor."""
     fam = FAMILIES[family]
-    model = getattr(transformers, fam.ctc_class).from_pretrained(str(ckpt), dtype=torch.float32).eval()
-    fe = transformers.AutoFeatureExtractor.from_pretrained(str(ckpt))
+    if ckpt not in _MODELS:
+        model = getattr(transformers, fam.ctc_class).from_pretrained(str(ckpt), dtype=torch.float32).eval()
+        _MODELS[ckpt] = (model, transformers.AutoFeatureExtractor.from_pretrained(str(ckpt)))
+    model, fe = _MODELS[ckpt]
     extra = {"pad_to_multiple_of": None} if fam.front_end == "fbank" else {}
     feats = fe(clip, sampling_rate=16000, return_tensors="pt", return_attention_mask=True, **extra)
     key = "input_features" if fam.front_end == "fbank" else "input_values"

@@ -313,3 +313,31 @@ def test_bench_runs_each_bundle_on_each_backend_and_reports_the_isa(tiny_bundle,
     assert {"AVX512-VNNI", "AVX512-BF16", "AMX-BF16"} <= set(isa)
     assert "AVX512" in printed or "no AVX512" in printed or "AVX2" in printed
     assert results["load_during_rounds"] and len(results["load_during_rounds"][0]["loadavg_before"]) == 3
+
+
+@needs_openvino
+def test_the_accuracy_gate_can_run_the_converted_graph_on_openvino(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "b"
+    code = main(
+        [
+            "export",
+            str(tiny_ckpt),
+            "-o",
+            str(out),
+            "--precision",
+            "int8",
+            "--quantize-ops",
+            "MatMul",
+            "Gemm",
+            "FeatureEncoder",
+            "--gate-backend",
+            "openvino",
+            "--max-cer-delta",
+            "100",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    gate = json.loads((out / "bundle.json").read_text())["extra"]["precision_report"]["gate"]
+    assert gate["backend"] == "openvino" and gate["passed"]
+    assert main(["inspect", str(out)]) == 0
+    assert "int8 graph run on openvino" in capsys.readouterr().out

@@ -23,6 +23,7 @@ from xlsr_edge.precision.options import (
     DEFAULT_CALIBRATION_METHOD,
     DEFAULT_CALIBRATION_SIZE,
     DEFAULT_QUANTIZE_GROUPS,
+    GATE_BACKENDS,
     PRECISIONS,
     QUANTIZABLE_GROUPS,
 )
@@ -105,6 +106,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
     q.add_argument(
         "--gate-size", type=int, default=PRECISION_GATE_SIZE, metavar="N", help="utterances the gate decodes"
+    )
+    q.add_argument(
+        "--gate-backend",
+        choices=GATE_BACKENDS,
+        default="onnxruntime",
+        help="engine that runs the converted graph in the gate (openvino: with the CPU's precision hint, "
+        "bf16 on AVX512-BF16/AMX; the fp32 reference always runs on onnxruntime)",
     )
     q.add_argument(
         "--exclude-ops",
@@ -212,6 +220,7 @@ def _export(args: argparse.Namespace) -> int:
         max_cer_delta=args.max_cer_delta,
         min_frame_agreement=args.min_frame_agreement,
         gate_size=args.gate_size,
+        gate_backend=args.gate_backend,
         exclude_ops=tuple(args.exclude_ops),
         quantize_ops=tuple(args.quantize_ops),
         seed=args.seed,

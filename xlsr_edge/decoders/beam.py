@@ -57,6 +57,7 @@ from .options import BeamOptions
 COVERAGE_MIN_WORDS = 20
 COVERAGE_WARN_BELOW = 0.4
 _COVERAGE_WARNED: set[str] = set()  # LM paths this process has warned about (one line per LM)
+_SPELLING_WARNED: set[str] = set()
 # "(lm/model.cc:100 in void lm::...::InitializeFromARPA(...) threw FormatLoadException because `...`. "
 _KENLM_LOCATION = re.compile(r"\(\S+:\d+ in .*? threw \w+(?: because `[^']*')?\.?\s*")
 
@@ -346,7 +347,8 @@ class BeamDecoder(Decoder):
         """The LM's words that use characters the model cannot write can never be decoded: say so, once."""
         writable = {label for label in self.labels if len(label) == 1 and label != " "}
         strange = [word for word in self.lm_words if any(ch not in writable for ch in word)]
-        if strange:
+        if strange and self.lm_path not in _SPELLING_WARNED:
+            _SPELLING_WARNED.add(self.lm_path)
             chars = sorted({ch for word in strange for ch in word if ch not in writable})
             warn(
                 f"{len(strange)} of the {len(self.lm_words)} words of the language model "

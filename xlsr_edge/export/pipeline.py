@@ -46,6 +46,7 @@ class ExportOptions:
     max_cer_delta: float = PRECISION_MAX_CER_DELTA
     min_frame_agreement: float = PRECISION_MIN_FRAME_AGREEMENT
     gate_size: int = PRECISION_GATE_SIZE
+    gate_backend: str = "onnxruntime"  # runs the converted graph in the accuracy gate (| openvino)
     exclude_ops: tuple[str, ...] = ()  # op types or node-name patterns kept float
     quantize_ops: tuple[str, ...] = ("MatMul", "Gemm")  # + Attention, FeatureEncoder, Conv
     seed: int = 0

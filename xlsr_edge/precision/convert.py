@@ -98,7 +98,10 @@ def convert_precision(
         else:
             raise ExportError(f"unknown precision {precision!r}")
         gate = inputs.gate
-        _log(f"accuracy gate: fp32 vs {precision} on {len(gate.utterances)} utterances")
+        on = getattr(options, "gate_backend", "onnxruntime")
+        _log(
+            f"accuracy gate: fp32 vs {precision}{'' if on == 'onnxruntime' else f' on {on}'} on {len(gate.utterances)} utterances"
+        )
         gate_report = precision_gate(
             fp32_path,
             candidate,
@@ -106,6 +109,7 @@ def convert_precision(
             gate,
             max_cer_delta=options.max_cer_delta,
             min_agreement=options.min_frame_agreement,
+            backend=getattr(options, "gate_backend", "onnxruntime"),
         )
         if not gate_report["passed"]:
             raise ExportError(
@@ -188,7 +192,12 @@ def format_report(r: dict[str, Any]) -> list[str]:
             )
         else:
             fig = f"no transcripts: frame agreement >= {g.get('min_agreement')}"
-        out.append(f"{'gate':<13} {verdict}: {fig}")
+        on = (
+            f" ({conv} graph run on {g['backend']})"
+            if g.get("backend", "onnxruntime") != "onnxruntime"
+            else ""
+        )
+        out.append(f"{'gate':<13} {verdict}{on}: {fig}")
         out.append(
             f"{'':<13} {conv} graph vs the fp32 graph: frame argmax agreement {g.get('argmax_agreement', 0):.4f}, "
             f"{g.get('transcripts_changed', '?')} transcripts changed, on {st.get('utterances')} utterances "

@@ -21,7 +21,7 @@ from xlsr_edge.measure.metrics import error_rates
 from xlsr_edge.precision.calibration_set import load_utterance
 from xlsr_edge.runtime.audio import normalize
 from xlsr_edge.runtime.batching import bucket, pad_batch
-from xlsr_edge.runtime.runners import OnnxRuntimeRunner
+from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner
 
 GATE_BATCH_SIZE = 8
 
@@ -64,11 +64,28 @@ def select_gate_set(
     return GateSet(utterances=picked, arrays=arrays, held_out=held_out)
 
 
-def run_graph(path: Path, info: ModelInfo, arrays: Sequence[np.ndarray], threads: int | None = None):
+def graph_runner(path: Path, backend: str = "onnxruntime", threads: int | None = None) -> Runner:
+    """A runner for a bare graph file on onnxruntime or OpenVINO (CPU precision hint, no compiled-model cache)."""
+    if backend == "openvino":
+        from xlsr_edge.runtime.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, threads=threads, cache_dir=None)
+    if backend != "onnxruntime":
+        raise ValueError(f"the gate runs on onnxruntime or openvino, not {backend!r}")
+    return OnnxRuntimeRunner(path, threads=threads)
+
+
+def run_graph(
+    path: Path,
+    info: ModelInfo,
+    arrays: Sequence[np.ndarray],
+    threads: int | None = None,
+    backend: str = "onnxruntime",
+):
     """Logits (valid frames only) per utterance, batched like the runtime (unpadded for no-mask models)."""
     out: list[np.ndarray | None] = [None] * len(arrays)
     max_padding = 0.25 if info.uses_attention_mask else 0.0
-    with OnnxRuntimeRunner(path, threads=threads) as runner:
+    with graph_runner(path, backend, threads) as runner:
         for batch in bucket([len(a) for a in arrays], GATE_BATCH_SIZE, max_padding):
             values, mask = pad_batch([arrays[i] for i in batch])
             logits, lengths = runner.infer(values, mask)
@@ -90,11 +107,16 @@ def precision_gate(
     *,
     max_cer_delta: float,
     min_agreement: float,
+    backend: str = "onnxruntime",
 ) -> dict[str, Any]:
-    """Compare the two graphs; returns the report with ``passed`` and ``failures`` (raises nothing)."""
+    """Compare the two graphs; returns the report with ``passed`` and ``failures`` (raises nothing).
+
+    ``backend``: the engine that runs the converted graph (the fp32 reference always runs on onnxruntime), so
+    the gate measures what a deployment on OpenVINO (bf16 precision hint where the CPU has it) will see.
+    """
     decoder = GreedyDecoder(Vocabulary.from_model_info(info))
     ref = run_graph(fp32_path, info, gate.arrays)
-    cand = run_graph(candidate_path, info, gate.arrays)
+    cand = run_graph(candidate_path, info, gate.arrays, backend=backend)
     ref_text = [decoder.decode(x).text for x in ref]
     cand_text = [decoder.decode(x).text for x in cand]
     report: dict[str, Any] = {
@@ -102,6 +124,7 @@ def precision_gate(
         "argmax_agreement": round(_argmax_agreement(ref, cand), 6),
         "max_abs_logit_diff": float(max(np.abs(x - y).max() for x, y in zip(ref, cand) if x.size)),
         "transcripts_changed": sum(a != b for a, b in zip(ref_text, cand_text)),
+        "backend": backend,
         "criterion": None,
     }
     failures = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 from xlsr_edge.errors import ExportError
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+# engines the accuracy gate can run the converted graph on (the fp32 reference runs on onnxruntime)
+GATE_BACKENDS = ("onnxruntime", "openvino")
 CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
 
 # Op groups --quantize-ops understands: "MatMul" = MatMuls with a weight (transformer, feature projection);
@@ -44,6 +46,8 @@ def check_options(o) -> None:
         return
     if o.calibration_size < 1:
         raise ExportError(f"--calibration-size must be at least 1, got {o.calibration_size}")
+    if getattr(o, "gate_backend", "onnxruntime") not in GATE_BACKENDS:
+        raise ExportError(f"--gate-backend must be one of {', '.join(GATE_BACKENDS)}, got {o.gate_backend!r}")
     if o.gate_size < 1:
         raise ExportError(f"--gate-size must be at least 1, got {o.gate_size}")
     if o.calibration_method not in CALIBRATION_METHODS:
