@@ -38,7 +38,7 @@ DEMO = REPO / "models" / "demo-tr"
 DEMO_MANIFEST = DEMO / "test" / "test.jsonl"
 CLI = [sys.executable, "-m", "xlsr_edge"]
 SANDBOX = [
-    "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount", "--mount-proc",
+    "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc",
     "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
 ]  # fmt: skip
 GOAL_RAY1_VS_PLAIN = 0.9

@@ -500,3 +500,51 @@ def test_int8_static_qdq_includes_the_feature_encoder(tiny_ckpt, tmp_path):
         alone = [rec.transcribe([c])[0].text for c in clips]
         batch = [t.text for t in rec.transcribe(clips)]
     assert batch == alone
+
+
+def test_int8_dynamic_fuses_attention_and_keeps_padded_batches_exact(bundles, tiny_bundle, tmp_path):
+    """Issue 19: each layer's score/softmax/context becomes one MultiHeadAttention with the mask kept."""
+    import onnxruntime as ort
+
+    from xlsr_edge.bundle import read_manifest
+    from xlsr_edge.precision.graph import fuse_attention
+    from xlsr_edge.runtime.audio import normalize
+    from xlsr_edge.runtime.batching import pad_batch
+
+    graph = _graph(bundles["int8-dynamic"])
+    mha = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(mha) == 2 and all(n.domain == "com.microsoft" for n in mha)
+    assert not any(n.op_type == "Softmax" for n in graph.node)
+    heads = {a.name: a.i for n in mha for a in n.attribute if a.name == "num_heads"}
+    assert heads == {"num_heads": 2}  # the tiny model: hidden 32, 2 heads
+    assert all(n.input[5] for n in mha)  # the padding mask, as attention_bias
+    method = read_bundle_json(bundles["int8-dynamic"])["extra"]["precision_report"]["method"]
+    assert method["attention_fused"] == 2
+    # the same rewrite on the fp32 graph: same logits as the unfused graph, padded or alone
+    model = onnx.load(str(tiny_bundle / "model.onnx"))
+    assert fuse_attention(model) == 2
+    fused_path = tmp_path / "fused.onnx"
+    onnx.save(model, str(fused_path))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    ref = ort.InferenceSession(str(tiny_bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    new = ort.InferenceSession(str(fused_path), opts, providers=["CPUExecutionProvider"])
+    info = read_manifest(tiny_bundle).model
+    values, mask = pad_batch([normalize(a, info.do_normalize) for a in _clip_arrays()])
+    assert len(set(mask.sum(1).tolist())) > 1  # really padded
+    a, lengths = ref.run(None, {"input_values": values, "attention_mask": mask})
+    b, lengths_b = new.run(None, {"input_values": values, "attention_mask": mask})
+    np.testing.assert_array_equal(lengths, lengths_b)
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(b[i, :n], a[i, :n], atol=1e-5)
+        m = int(mask[i].sum())
+        alone, _ = new.run(
+            None, {"input_values": values[i : i + 1, :m], "attention_mask": mask[i : i + 1, :m]}
+        )
+        np.testing.assert_allclose(alone[0, :n], b[i, :n], atol=1e-5)
+
+
+def _clip_arrays() -> list[np.ndarray]:
+    from xlsr_edge.runtime.audio import load_audio
+
+    return [load_audio(c, 16000) for c in default_clips()]

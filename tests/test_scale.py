@@ -28,7 +28,7 @@ DEMO = ROOT / "models" / "demo-tr"
 DEMO_MANIFEST = DEMO / "test" / "test.jsonl"
 CLI = [sys.executable, "-m", "xlsr_edge"]
 SANDBOX = [
-    "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount", "--mount-proc",
+    "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc",
     "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
 ]  # fmt: skip
 TIMEOUT = 300
@@ -379,6 +379,23 @@ def test_bad_options_are_one_error_line(tiny_bundle, tmp_path, args, message):
     done = cli("transcribe-dataset", str(tiny_bundle), str(DEMO_MANIFEST), "-o", str(tmp_path / "o"), *args)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_unreachable_cluster_is_one_error_line_and_leaves_no_output(tiny_bundle, tmp_path):
+    from xlsr_edge.data import CLIPS_MANIFEST
+
+    out = tmp_path / "o"
+    done = cli(
+        "transcribe-dataset",
+        str(tiny_bundle),
+        str(CLIPS_MANIFEST),
+        "-o",
+        str(out),
+        "--address",
+        "127.0.0.1:1",
+    )
+    assert done.returncode == 2 and done.stderr.startswith("error: --address 127.0.0.1:1: nothing answers")
+    assert done.stderr.count("\n") == 1 and not out.exists()  # a rerun needs no --resume
 
 
 def test_foreign_output_folder_and_bad_manifest_are_refused_untouched(tiny_bundle, tmp_path):

@@ -411,6 +411,7 @@ def test_server_eight_concurrent_clients_get_the_stream_api_finals(rec, clips):
 
 
 def test_server_junk_client_gets_an_error_while_the_others_finish(rec, clips):
+    pytest.importorskip("websockets")
     from websockets.asyncio.client import connect
 
     audios = [conversation([clips[i]]) for i in (6, 7)]
@@ -442,6 +443,7 @@ def test_server_junk_client_gets_an_error_while_the_others_finish(rec, clips):
 
 
 def test_server_max_streams_refusal_and_a_vanished_client_frees_its_slot(rec, clips):
+    pytest.importorskip("websockets")
     from websockets.asyncio.client import connect
 
     audio = conversation([clips[8]])
@@ -504,6 +506,7 @@ def test_server_config_resamples_8k(rec, clips):
 
 
 def test_serve_sigterm_flushes_finals_and_exits_0(bundle, clips):
+    pytest.importorskip("websockets")
     from websockets.asyncio.client import connect
 
     proc = subprocess.Popen(

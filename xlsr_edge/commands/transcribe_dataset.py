@@ -27,7 +27,12 @@ def add_cluster_arguments(
         default=default_address,
         help="local: a Ray cluster in this process, on 127.0.0.1 only"
         + (" (default)" if default_address == "local" else "")
-        + "; auto: the cluster `ray start` runs on this machine; HOST:PORT or ray://HOST:10001: a remote one",
+        + "; auto: the cluster `ray start` runs on this machine; HOST:PORT or ray://HOST:10001: a remote one"
+        + (
+            ""
+            if workers
+            else ". With --address, --workers is the number of Ray workers (default: as many as fit)"
+        ),
     )
     if workers:
         p.add_argument(

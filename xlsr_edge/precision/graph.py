@@ -5,6 +5,8 @@
 * ``fuse_parallel_matmuls``: the q/k/v projections become one MatMul (+ bias Add) + Split, so one bigger int8
   GEMM runs and onnxruntime can fuse the static Q/DQ MatMuls into MatMulIntegerToFloat;
 * ``shapes_read_float``: Shape nodes read the float tensor, not its DequantizeLinear (same reason);
+* ``fuse_attention``: each layer's score/softmax/context subgraph becomes one onnxruntime ``MultiHeadAttention``
+  (com.microsoft) with the padding mask kept as its ``attention_bias`` (int8-dynamic, the onnxruntime format);
 * ``preprocess``: onnxruntime's ``quant_pre_process`` followed by the fusion;
 * ``op_summary``: which compute ops run quantized, fp16 or fp32 (for bundle.json and ``inspect``).
 """
@@ -34,7 +36,7 @@ QUANTIZED_OP_TYPES = {
     "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
 }
-COMPUTE_OP_TYPES = ("MatMul", "Gemm", "Conv", "LayerNormalization", "Softmax")
+COMPUTE_OP_TYPES = ("MatMul", "Gemm", "Conv", "LayerNormalization", "Softmax", "MultiHeadAttention")
 
 
 def ort_quantization():
@@ -200,6 +202,148 @@ def fuse_parallel_matmuls(model) -> int:
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return fused
+
+
+def _const_array(name: str, inits: dict, producers: dict):
+    """The value of an initializer or Constant node output, else None."""
+    from onnx import numpy_helper
+
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    node = producers.get(name)
+    if (
+        node is not None
+        and node.op_type == "Constant"
+        and node.attribute
+        and node.attribute[0].name == "value"
+    ):
+        return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def _perm(node) -> list[int]:
+    return [list(a.ints) for a in node.attribute if a.name == "perm"][0] if node.attribute else []
+
+
+def fuse_attention(model) -> int:
+    """Replace each self-attention core by one ``com.microsoft.MultiHeadAttention`` node (onnxruntime).
+
+    Matched (the exporter's eager attention; the projections before it and out_proj after it stay as they are,
+    int8 included)::
+
+        q, k, v [B, T, H*D] -> Reshape [B, T, H, D] -> Transpose (q, v: 0213; k: 0231)
+        scores = MatMul(q, k) * scale + mask_bias   (mask_bias [B, 1, T, T]: 0 or -inf-like for padded keys)
+        context = MatMul(Softmax(scores), v) -> Transpose 0213 -> Reshape [B, T, H*D]
+
+    becomes ``MultiHeadAttention(q, k, v, attention_bias=mask_bias, num_heads=H, scale=scale)``: the padding mask
+    is kept, so a padded batch still gives each clip's own result. One kernel instead of ~12 nodes and their
+    [B, H, T, T] intermediates. H comes from the head size in the Reshape target and the projection width.
+    Returns how many layers were fused.
+    """
+    import numpy as np_
+    from onnx import helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def scalar(name: str) -> float | None:
+        a = _const_array(name, inits, producers)
+        return None if a is None or a.size != 1 else float(a.reshape(-1)[0])
+
+    def only_consumer(name: str, op_type: str):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    def width(name: str) -> int | None:
+        """Last-axis size of a projection output: its bias Add, Split sizes or weight columns."""
+        node = producers.get(name)
+        for _ in range(4):
+            if node is None:
+                return None
+            if node.op_type == "Add":
+                bias = [inits[i] for i in node.input if i in inits and len(inits[i].dims) == 1]
+                if bias:
+                    return int(bias[0].dims[0])
+                ups = [producers.get(i) for i in node.input if i not in inits]
+                node = next(
+                    (u for u in ups if u is not None and u.op_type not in ("Constant", "Identity")), None
+                )
+            elif node.op_type == "Split" and len(node.input) > 1:
+                sizes = _const_array(node.input[1], inits, producers)
+                return None if sizes is None else int(np_.asarray(sizes)[list(node.output).index(name)])
+            elif len(node.input) > 1 and node.input[1] in inits:
+                return int(inits[node.input[1]].dims[-1])
+            else:
+                return None
+        return None
+
+    fused: dict[int, Any] = {}  # id(final Reshape) -> MultiHeadAttention node
+    removed: set[int] = set()
+    for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
+        add = producers.get(softmax.input[0])
+        if add is None or add.op_type != "Add":
+            continue
+        scaled = [(producers.get(i), j) for i, j in zip(add.input, reversed(add.input))]
+        scaled = [(m, bias) for m, bias in scaled if m is not None and m.op_type in ("Mul", "Div")]
+        if len(scaled) != 1:
+            continue
+        mul, bias = scaled[0]
+        factor = scalar(mul.input[1])
+        scores = producers.get(mul.input[0])
+        if factor is None or factor == 0 or scores is None or scores.op_type != "MatMul":
+            continue
+        scale = factor if mul.op_type == "Mul" else 1.0 / factor
+        context = only_consumer(softmax.output[0], "MatMul")
+        if context is None or context.input[0] != softmax.output[0]:
+            continue
+        qt, kt, vt = (producers.get(i) for i in (scores.input[0], scores.input[1], context.input[1]))
+        if not all(t is not None and t.op_type == "Transpose" for t in (qt, kt, vt)):
+            continue
+        if (_perm(qt), _perm(kt), _perm(vt)) != ([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3]):
+            continue
+        rq, rk, rv = (producers.get(t.input[0]) for t in (qt, kt, vt))
+        if not all(r is not None and r.op_type == "Reshape" for r in (rq, rk, rv)):
+            continue
+        back = only_consumer(context.output[0], "Transpose")
+        if back is None or _perm(back) != [0, 2, 1, 3]:
+            continue
+        out = only_consumer(back.output[0], "Reshape")
+        target = producers.get(rq.input[1])
+        if out is None or target is None or target.op_type != "Concat" or len(target.input) != 4:
+            continue
+        head_size = scalar(target.input[3])
+        heads = scalar(target.input[2])
+        if heads is None or heads <= 0:  # Reshape to (B, T, -1, D): H from the projection width
+            hidden = width(rq.input[0])
+            heads = hidden / head_size if hidden and head_size else None
+        if not heads or heads != int(heads):
+            continue
+        chain = [rq, rk, rv, qt, kt, vt, scores, mul, add, softmax, context, back]
+        if any(len(consumers.get(n.output[0], [])) != 1 for n in chain):
+            continue
+        fused[id(out)] = helper.make_node(
+            "MultiHeadAttention",
+            [rq.input[0], rk.input[0], rv.input[0], "", "", bias],
+            [out.output[0]],
+            name=softmax.name.rsplit("/", 1)[0] + "/MultiHeadAttention",
+            domain="com.microsoft",
+            num_heads=int(heads),
+            scale=float(scale),
+        )
+        removed.update(id(n) for n in chain)
+    if not fused:
+        return 0
+    nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(fused)
 
 
 def shapes_read_float(model) -> int:

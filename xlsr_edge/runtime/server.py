@@ -13,9 +13,9 @@ windows due across streams in one inference call (up to ``max_batch``, waiting a
 more when the model is idle; while a call runs, the next batch gathers). Inference runs in one worker thread,
 so the event loop keeps reading sockets meanwhile; VAD and decoding run on the loop.
 
-Flow control: a connection is read only as fast as ``max_speed`` x real time after a ``burst_seconds``
-allowance; a faster client waits in TCP (the library buffers at most ``max_queue`` frames of at most
-``max_frame_bytes``), so no stream buffers without bound. A malformed frame or a vanished client ends only
+Flow control: a connection is read only as fast as ``max_speed`` x real time once it is ``burst_seconds``
+ahead (a token bucket); a faster client waits in TCP (the library buffers at most ``max_queue`` frames of at
+most ``max_frame_bytes``; a larger frame closes the connection with 1009), so no stream buffers without bound. A malformed frame or a vanished client ends only
 its own stream and frees its slot. ``GET /health`` on the same port answers 200 with a JSON status (503 while
 shutting down). SIGTERM/SIGINT: stop accepting, flush every stream's final, close, exit 0.
 """
@@ -359,8 +359,8 @@ class _Session:
         self.stream: Stream | None = None
         self.options = server.defaults
         self.input_rate = server.rec.info.sample_rate
-        self.received = 0  # input samples
-        self.started = time.monotonic()
+        self.tokens = server.options.burst_seconds  # token bucket: audio seconds the client may send ahead
+        self.refilled = time.monotonic()
         self._stop_task: asyncio.Task | None = None
 
     def abort(self) -> None:
@@ -432,17 +432,19 @@ class _Session:
             self.stream = self.server.rec.stream(self.options)
         x = np.frombuffer(data, dtype="<i2")
         self.stream.feed(x)
-        self.received += len(x)
         await self._drain()
-        await self._throttle()
+        await self._throttle(len(x) / self.input_rate)
 
-    async def _throttle(self) -> None:
-        """Read no faster than max_speed x real time after the burst allowance (TCP pushes back meanwhile)."""
-        speed = self.server.options.max_speed
-        if speed <= 0:
+    async def _throttle(self, seconds: float) -> None:
+        """A token bucket (burst_seconds deep, refilled at max_speed audio seconds per second): once the client
+        is further ahead than that, the next frame is read only when it is due (TCP pushes back meanwhile)."""
+        opts = self.server.options
+        if opts.max_speed <= 0:
             return
-        audio = self.received / self.input_rate - self.server.options.burst_seconds
-        wait = audio / speed - (time.monotonic() - self.started)
+        now = time.monotonic()
+        self.tokens = min(opts.burst_seconds, self.tokens + (now - self.refilled) * opts.max_speed) - seconds
+        self.refilled = now
+        wait = -self.tokens / opts.max_speed
         if wait > 0:
             try:
                 await asyncio.wait_for(asyncio.shield(self._stop_task), wait)

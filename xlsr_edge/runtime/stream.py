@@ -162,7 +162,7 @@ class _Audio:
 
     def slice(self, a: int, b: int) -> np.ndarray:
         if a < self.start or b > self.end or a > b:
-            raise AssertionError(f"audio [{a}, {b}) outside the buffer [{self.start}, {self.end})")
+            raise RuntimeError(f"audio [{a}, {b}) outside the buffer [{self.start}, {self.end})")
         return self.data[a - self.start : b - self.start]
 
     def drop_before(self, k: int) -> None:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -123,6 +124,36 @@ def _quiet(ray: ModuleType) -> None:
         ctx.print_on_execution_start = False
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A joined cluster's head must answer on its port: Ray itself retries an unreachable GCS for minutes."""
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto")
+        except Exception:  # noqa: BLE001 - a private helper of Ray's: let ray.init say what is wrong
+            return
+        if target is None:
+            raise XlsrEdgeError(
+                "--address auto: no Ray cluster was started on this machine (ray start --head ...) and RAY_ADDRESS "
+                "is not set; or use --address local"
+            )
+    if target.startswith("ray://"):
+        target = target[len("ray://") :]
+        if ":" not in target:
+            target += ":10001"
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise XlsrEdgeError(
+            f"--address {address}: nothing answers at {host}:{port} ({why}); start the head with "
+            "`ray start --head` or check the address"
+        ) from None
+
+
 @contextmanager
 def connect(options: ClusterOptions, pool: PoolOptions | None = None) -> Iterator[Connection]:
     """Start (local) or join a Ray cluster; shut down or disconnect on the way out."""
@@ -155,6 +186,7 @@ def connect(options: ClusterOptions, pool: PoolOptions | None = None) -> Iterato
                         "--ray-temp-dir, CPU/GPU counts and object store size apply to --address local only; "
                         "a cluster you join has its own (ray start ...)"
                     )
+                check_reachable(address)
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
             ray.shutdown()
