@@ -259,6 +259,7 @@ def _one_error_line(capsys) -> str:
 
 
 def test_mms_needs_target_lang_and_lists_the_languages(mms_ckpt, tmp_path, capsys):
+    capsys.readouterr()  # whatever building the checkpoint printed
     assert export_main([str(mms_ckpt), "-o", str(tmp_path / "b")]) == 2
     line = _one_error_line(capsys)
     assert "--target-lang" in line and all(lang in line for lang in MMS)
@@ -338,3 +339,66 @@ def test_unknown_model_type_names_the_families(tmp_path, capsys):
     assert export_main([str(ckpt), "-o", str(tmp_path / "b")]) == 2
     line = _one_error_line(capsys)
     assert "'whisper'" in line and "wav2vec2-bert" in line and "sew-d" in line
+
+
+def test_mms_multi_bundle_shares_one_body_and_equals_each_single_export(mms_ckpt, tmp_path):
+    from xlsr_edge.export.multi import LidOptions, export_multi
+    from xlsr_edge.runtime import Recognizer
+
+    clips = default_clips()
+    lid_data = {}
+    for i, lang in enumerate(MMS):  # language ID needs speech per language: any clips do for routing
+        d = tmp_path / "lid" / lang
+        d.mkdir(parents=True)
+        for clip in clips[i : i + 2]:
+            shutil.copy(clip, d / clip.name)
+        lid_data[lang] = d
+    bundle = tmp_path / "multi"
+    manifest = export_multi({lang: mms_ckpt for lang in MMS}, bundle, lid=LidOptions(lid_data, threshold=0.0))
+    assert manifest.extra["adapters"]["lid"] == "tur" and manifest.parity["passed"]
+    graphs = sorted(p.name for p in bundle.glob("*.onnx*"))
+    assert graphs == ["backbone.onnx"]  # the body once
+    inputs = [i.name for i in _session_file(bundle / "backbone.onnx").get_inputs()]
+    assert inputs == ["input_values", "attention_mask", "adapter_weights"]
+    size = manifest.extra["adapters"]["size"]
+    for lang in MMS:
+        with np.load(bundle / "heads" / f"{lang}.npz") as z:
+            assert z["adapter"].shape == (size,) and z["weight"].shape[0] == len(MMS[lang]) + 5
+    singles = {}
+    for lang in MMS:
+        export_bundle(mms_ckpt, tmp_path / lang, ExportOptions(target_lang=lang, verify=False))
+        with (
+            Recognizer.from_bundle(tmp_path / lang) as one,
+            Recognizer.from_bundle(bundle, language=lang) as shared,
+        ):
+            singles[lang] = [t.text for t in one.transcribe(clips)]
+            assert [t.text for t in shared.transcribe(clips)] == singles[lang]
+            ref, got = one.logits(clips), shared.logits(clips)
+            head = shared.heads[lang]
+            assert max(float(np.abs(head.apply(g) - r).max()) for g, r in zip(got, ref)) < 1e-4
+    # routed by language ID: each clip's transcript is the routed language's own (its adapters, its head)
+    with Recognizer.from_bundle(bundle) as routed:
+        for i, t in enumerate(routed.transcribe(clips)):
+            assert t.language in MMS and t.text == singles[t.language][i]
+
+
+def _session_file(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_precision_with_multi(tmp_path, capsys):
+    from xlsr_edge.runtime import Recognizer
+
+    ckpts = {
+        lang: build_checkpoint(tmp_path / lang, chars=chars, seed=0)
+        for lang, chars in (("tr", list("abcçdefgğ")), ("es", list("abcdeñáé")))
+    }
+    out = tmp_path / "b"
+    args = ["--multi", *(f"{k}={v}" for k, v in ckpts.items()), "-o", str(out), "--precision", "int8-dynamic"]
+    assert export_main(args) == 0
+    meta = read_bundle_json(out)
+    assert meta["precision"] == "int8-dynamic"
+    gate = meta["extra"]["precision_report"]["gate"]
+    assert gate["passed"] and set(gate["languages"]) == set(ckpts)
+    with Recognizer.from_bundle(out, language="es") as rec:
+        assert len(rec.transcribe(default_clips()[:2])) == 2

@@ -452,6 +452,11 @@ def _check_extra(extra: _Fields) -> None:
             entry = languages.sub(lang)
             _vocabulary(entry)
             entry.path("head")
+        if extra.obj("adapters", None, null=True) is not None:  # MMS: per-language adapters in the heads
+            adapters = extra.sub("adapters")
+            lid_lang = adapters.string("lid")
+            if lid_lang not in languages.data:
+                adapters.fail("lid", "one of the bundle's languages", lid_lang)
         if extra.obj("lid", None, null=True) is not None:
             lid = extra.sub("lid")
             lid.path("file")

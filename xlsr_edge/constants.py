@@ -14,6 +14,7 @@ ATTENTION_MASK = "attention_mask"
 OUTPUT_LOGITS = "logits"
 OUTPUT_LENGTHS = "logit_lengths"
 OUTPUT_HIDDEN = "hidden_states"  # multi-language backbones: per-language heads are applied in numpy
+ADAPTER_WEIGHTS = "adapter_weights"  # MMS multi backbones: the language's attention-adapter weights, flattened
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17

@@ -226,8 +226,8 @@ def _export(args: argparse.Namespace) -> int:
         seed=args.seed,
         target_lang=args.target_lang,
     )
-    if args.multi and args.precision != "fp32":
-        raise XlsrEdgeError("--precision is not supported with --multi yet; export fp32")
+    if args.multi and args.target_lang:
+        raise XlsrEdgeError("--multi names each language as LANG=CKPT (an MMS checkpoint's LANG); drop --target-lang")
     if args.multi:
         return _export_multi(args, options)
     if args.checkpoint is None:

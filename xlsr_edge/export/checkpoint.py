@@ -379,11 +379,19 @@ def _mms_adapter(folder: Path, config: dict, target_lang: str | None) -> Path | 
 
 
 def inspect_checkpoint(
-    folder: str | Path, *, allow_pickle: bool = False, target_lang: str | None = None
+    folder: str | Path,
+    *,
+    allow_pickle: bool = False,
+    target_lang: str | None = None,
+    language_hint: str | None = None,
 ) -> Checkpoint:
     """Validate the checkpoint (a folder or a hub id) and read everything the bundle needs; CheckpointError with
-    a fix otherwise. `target_lang` chooses the language of an MMS checkpoint (--target-lang)."""
-    folder = resolve_checkpoint(folder, (target_lang,) if target_lang else ())
+    a fix otherwise. `target_lang` chooses the language of an MMS checkpoint (--target-lang); `language_hint`
+    (--multi LANG=...) does so only for a checkpoint with one vocabulary per language."""
+    wanted = target_lang or language_hint
+    folder = resolve_checkpoint(folder, (wanted,) if wanted else ())
+    if target_lang is None and language_hint is not None and _vocab_languages(folder) is not None:
+        target_lang = language_hint
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
     config_path = folder / "config.json"
@@ -516,7 +524,7 @@ def _float32_kwargs(transformers, torch) -> dict:
     return {key: torch.float32}
 
 
-def _load_adapter(model, path: Path) -> None:
+def load_adapter(model, path: Path) -> None:
     """MMS: one language's attention-adapter and head weights over the shared body (as model.load_adapter)."""
     import torch
     from safetensors.torch import load_file
@@ -568,7 +576,7 @@ def load_model(ckpt: Checkpoint):
             raise
         raise CheckpointError(f"cannot load the model from {ckpt.folder}: {exc}") from exc
     if ckpt.adapter_file is not None:
-        _load_adapter(model, ckpt.adapter_file)
+        load_adapter(model, ckpt.adapter_file)
     else:
         head = [k for k in loading.get("missing_keys", ()) if "lm_head" in k]
         if head:

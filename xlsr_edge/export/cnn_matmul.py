@@ -48,10 +48,15 @@ def _forward(self, input_values):
 
 @contextmanager
 def channels_last_feature_encoder(model) -> Iterator[None]:
-    """Patch ``model.wav2vec2.feature_extractor.forward`` while the block runs; restore it afterwards."""
+    """Patch the CNN feature encoder's forward (``model.<base>.feature_extractor``) while the block runs."""
     from torch import nn
 
-    encoder = model.wav2vec2.feature_extractor
+    base = getattr(model, model.base_model_prefix)
+    encoder = getattr(base, "feature_extractor", None)
+    if encoder is None or not hasattr(encoder, "conv_layers"):
+        raise ExportError(
+            f"FeatureEncoder quantization needs a CNN feature encoder; {type(model).__name__} has none"
+        )
     for layer in encoder.conv_layers:
         conv = layer.conv
         if not isinstance(getattr(layer, "layer_norm", None), nn.LayerNorm) or conv.groups != 1:

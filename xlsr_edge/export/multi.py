@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from xlsr_edge.bundle import BundleManifest, ModelInfo, load_bundle, write_manifest
+from xlsr_edge.constants import ADAPTER_WEIGHTS
 from xlsr_edge.errors import ExportError, XlsrEdgeError
+from xlsr_edge.export.adapters import ADAPTER_MARK, flat_adapter, has_attention_adapters
 from xlsr_edge.export.checkpoint import Checkpoint, inspect_checkpoint, load_model
 from xlsr_edge.export.onnx_export import export_onnx
 from xlsr_edge.export.parity import run_parity, verification_audio
 from xlsr_edge.export.pipeline import ExportOptions, Stages, library_versions
 from xlsr_edge.outputs import BUNDLE, atomic_output, check_output
+from xlsr_edge.precision.convert import convert_precision, load_precision_inputs
 from xlsr_edge.runtime.audio import load_audio, normalize
 from xlsr_edge.runtime.router import Head, HeadRunner, LanguageId, pool
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner
@@ -30,7 +33,16 @@ from xlsr_edge.runtime.runners import OnnxRuntimeRunner
 BACKBONE_ONNX = "backbone.onnx"
 LID_FILE = "lid.npz"
 LID_FEATURES = "lid_features.npz"  # kept so `add-language` can retrain language ID without the old audio
-SHARED_AUDIO_FIELDS = ("sample_rate", "do_normalize", "feat_extract_norm", "conv_kernel", "conv_stride")
+SHARED_AUDIO_FIELDS = (
+    "sample_rate",
+    "do_normalize",
+    "feat_extract_norm",
+    "conv_kernel",
+    "conv_stride",
+    "conv_padding",
+    "model_type",
+    "uses_attention_mask",
+)
 
 
 # --lid-threshold auto: the confidence that keeps this share of held-out known-language clips routed to their
@@ -64,12 +76,12 @@ def check_language_code(lang: str) -> None:
         )
 
 
-def backbone_hashes(model) -> dict[str, str]:
-    """sha256 of every backbone tensor (everything but the CTC head)."""
+def backbone_hashes(model, adapters: bool = False) -> dict[str, str]:
+    """sha256 of every backbone tensor (everything but the CTC head, and the MMS adapters with `adapters`)."""
     return {
         name: hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
         for name, t in model.state_dict().items()
-        if not name.startswith("lm_head.")
+        if not name.startswith("lm_head.") and not (adapters and ADAPTER_MARK in name)
     }
 
 
@@ -88,11 +100,23 @@ def compare_backbones(hashes: dict[str, dict[str, str]]) -> list[str]:
     return sorted(differ)
 
 
-def _head(model) -> Head:
+def _head(model, adapters: bool = False) -> Head:
     return Head(
         model.lm_head.weight.detach().numpy().astype(np.float32),
         model.lm_head.bias.detach().numpy().astype(np.float32),
+        flat_adapter(model) if adapters else None,
     )
+
+
+def _mms_mode(models: dict) -> bool:
+    """MMS attention-adapter checkpoints (one body, per-language adapters and heads); all or none of them."""
+    kinds = {lang: has_attention_adapters(m) for lang, m in models.items()}
+    if len(set(kinds.values())) > 1:
+        with_ = ", ".join(lang for lang, k in kinds.items() if k)
+        raise ExportError(
+            f"{with_} have MMS attention adapters and the others do not: they cannot share one backbone"
+        )
+    return any(kinds.values())
 
 
 def _language_entry(ckpt: Checkpoint, lang: str) -> dict:
@@ -170,6 +194,10 @@ def train_lid(features: np.ndarray, labels: list[str], options: LidOptions) -> t
     return LanguageId.fit(features, labels), report
 
 
+def _wrap(head: Head):
+    return lambda runner: HeadRunner(runner, head)
+
+
 def export_multi(
     specs: dict[str, Path],
     out: Path,
@@ -185,11 +213,25 @@ def export_multi(
     protect = [(f"the {lang} checkpoint", Path(p)) for lang, p in specs.items()]
     check_output(out, BUNDLE, overwrite=options.overwrite, protect=protect)  # before any work
     stage = Stages("export")
-    ckpts = {lang: inspect_checkpoint(p, allow_pickle=options.allow_pickle) for lang, p in specs.items()}
+    # an MMS checkpoint (one vocabulary per language) gives the language named LANG: tur=mms-1b-all
+    ckpts = {
+        lang: inspect_checkpoint(p, allow_pickle=options.allow_pickle, language_hint=lang)
+        for lang, p in specs.items()
+    }
     _check_shared_audio({lang: ck.info for lang, ck in ckpts.items()})
+    first = next(iter(ckpts))
+    info = ckpts[first].info
+    precision_inputs = None
+    if options.precision != "fp32":  # a bad --calibration manifest fails before any export work
+        precision_inputs = load_precision_inputs(options, info)
     stage(f"loading {len(ckpts)} checkpoints ({', '.join(ckpts)})")
-    models = {lang: load_model(ck) for lang, ck in ckpts.items()}
-    hashes = {lang: backbone_hashes(m) for lang, m in models.items()}
+    models = {lang: load_model(ck) for lang, ck in ckpts.items()}  # an MMS body once per language
+    mms = _mms_mode(models)
+    if mms and options.precision == "int8":
+        raise ExportError(
+            "--precision int8 (static) is not supported for MMS multi bundles yet; use int8-dynamic"
+        )
+    hashes = {lang: backbone_hashes(m, adapters=mms) for lang, m in models.items()}
     differ = compare_backbones(hashes)
     if differ:
         raise ExportError(
@@ -197,16 +239,17 @@ def export_multi(
             "train heads on one frozen body (xlsr-edge finetune --init BODY --heads-only), or export one bundle "
             "per language and pick it with --language (Option B)"
         )
-    first = next(iter(ckpts))
-    info = ckpts[first].info
     audios = verification_audio(options.verify_audio, info.sample_rate) if options.verify else []
     with atomic_output(out, BUNDLE, overwrite=options.overwrite, protect=protect) as tmp:
         stage(f"exporting the backbone to ONNX (opset {options.opset})")
-        facts = export_onnx(models[first], info, tmp / BACKBONE_ONNX, options.opset, backbone_only=True)
+        facts = export_onnx(
+            models[first], info, tmp / BACKBONE_ONNX, options.opset, backbone_only=True, adapter_input=mms
+        )
         backbone = OnnxRuntimeRunner(tmp / BACKBONE_ONNX).activate()
         parity = {}
+        heads = {}
         for lang, model in models.items():
-            head = _head(model)
+            head = heads[lang] = _head(model, adapters=mms)
             head.save(tmp / "heads" / f"{lang}.npz")
             if options.verify:
                 stage(f"parity gate for {lang} on {len(audios)} utterances")
@@ -223,6 +266,14 @@ def export_multi(
             "backbone_sha256": backbone_digest(hashes[first]),
             "languages": {lang: _language_entry(ck, lang) for lang, ck in ckpts.items()},
         }
+        if mms:
+            # language ID reads the body with the first language's adapters (the runtime does the same)
+            extra["adapters"] = {
+                "input": ADAPTER_WEIGHTS,
+                "size": int(heads[first].adapter.size),
+                "lid": first,
+            }
+            backbone.adapter_weights = heads[first].adapter
         if lid is not None:
             stage("language ID: backbone features of --lid-data")
             feats, labels = lid_features(backbone, info, lid.data)
@@ -232,8 +283,21 @@ def export_multi(
                 np.savez(f, features=feats, labels=np.array(labels))
             extra["lid"] = {"file": LID_FILE, "policy": lid.policy, **report}
         backbone.deactivate()
+        if precision_inputs is not None:
+            # the parity gates above checked the fp32 backbone; convert it, and gate every language's transcripts
+            stage(f"converting the backbone to {options.precision} (with its accuracy gate per language)")
+            extra["precision_report"] = convert_precision(
+                tmp / BACKBONE_ONNX,
+                tmp,
+                info,
+                options,
+                precision_inputs,
+                graph_name=BACKBONE_ONNX,
+                heads={lang: (ckpts[lang].info, _wrap(heads[lang])) for lang in ckpts},
+            )
         manifest = BundleManifest(
             model=info,
+            precision=options.precision,
             graph=BACKBONE_ONNX,
             opset=options.opset,
             source={lang: ck.digest() for lang, ck in ckpts.items()},
@@ -268,11 +332,14 @@ def add_language(
         raise ExportError(f"{bundle} is a single-language bundle; export it with --multi first")
     if lang in manifest.extra["languages"]:
         raise ExportError(f"{bundle} already has language {lang}")
-    ckpt = inspect_checkpoint(checkpoint, allow_pickle=options.allow_pickle)
+    ckpt = inspect_checkpoint(checkpoint, allow_pickle=options.allow_pickle, language_hint=lang)
     _check_shared_audio({"the bundle": manifest.model, lang: ckpt.info})
     stage(f"loading checkpoint {ckpt.folder}")
     model = load_model(ckpt)
-    digest = backbone_digest(backbone_hashes(model))
+    mms = "adapters" in manifest.extra
+    if mms != has_attention_adapters(model):
+        raise ExportError(f"{checkpoint} and the bundle differ in MMS attention adapters: they share no body")
+    digest = backbone_digest(backbone_hashes(model, adapters=mms))
     if digest != manifest.extra["backbone_sha256"]:
         raise ExportError(
             f"{checkpoint}'s backbone differs from the bundle's; train the {lang} head on the bundle's body "
@@ -287,14 +354,21 @@ def add_language(
     with atomic_output(bundle, BUNDLE, overwrite=True, flag="BUNDLE", protect=protect) as tmp:
         stage("copying the bundle")
         shutil.copytree(bundle, tmp, dirs_exist_ok=True)
-        head = _head(model)
+        head = _head(model, adapters=mms)
         head.save(tmp / "heads" / f"{lang}.npz")
         backbone = OnnxRuntimeRunner(tmp / manifest.graph).activate()
+        if mms:  # language ID features: the body with the language-ID adapters, as at export
+            lid_lang = manifest.extra["adapters"]["lid"]
+            backbone.adapter_weights = Head.load(tmp / manifest.extra["languages"][lid_lang]["head"]).adapter
         if options.verify:
             audios = verification_audio(options.verify_audio, manifest.model.sample_rate)
             stage(f"parity gate for {lang} on {len(audios)} utterances")
             report = run_parity(model, HeadRunner(backbone, head), ckpt.info, audios, options.thresholds)
             backbone.activate()
+            if mms:
+                backbone.adapter_weights = Head.load(
+                    tmp / manifest.extra["languages"][lid_lang]["head"]
+                ).adapter
             if not report["passed"]:
                 raise ExportError(f"parity gate failed for {lang}: " + "; ".join(report["failures"]))
             manifest.parity.setdefault("languages", {})[lang] = report

@@ -4,6 +4,7 @@ padding fixes (xlsr_edge.export.masking) and the log-mel front end where the fam
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from xlsr_edge.bundle import ModelInfo
 from xlsr_edge.constants import (
+    ADAPTER_WEIGHTS,
     ATTENTION_MASK,
     EXTERNAL_DATA_THRESHOLD,
     INPUT_VALUES,
@@ -20,6 +22,7 @@ from xlsr_edge.constants import (
     OUTPUT_LOGITS,
 )
 from xlsr_edge.errors import ExportError
+from xlsr_edge.export.adapters import AdapterInput, adapters_from_input, flat_adapter
 from xlsr_edge.export.families import Family, Stages, family_of
 from xlsr_edge.export.fbank import FbankFrontEnd
 from xlsr_edge.export.masking import FrameLengths, padding_fixes, squeeze_tail_mask
@@ -71,8 +74,12 @@ class CTCExportWrapper(nn.Module):
     the stages of the length formula (CNN or fbank framing, then add_adapter layers).
     """
 
-    def __init__(self, model: nn.Module, info: ModelInfo, backbone_only: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, info: ModelInfo, backbone_only: bool = False, adapter_input: bool = False
+    ) -> None:
         super().__init__()
+        # adapter_input: MMS attention adapters computed from an `adapter_weights` graph input (multi bundles)
+        self.adapters = AdapterInput() if adapter_input else None
         # backbone_only: output the last hidden states (shared by per-language heads) instead of logits
         self.family, stages = family_plan(model, info)
         self.model = model  # node and initializer names keep the model's paths (model.lm_head.bias, ...)
@@ -94,7 +101,10 @@ class CTCExportWrapper(nn.Module):
             else None
         )
 
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def forward(self, input_values: torch.Tensor, *extra: torch.Tensor):
+        attention_mask = extra[0] if self.uses_mask else None
+        if self.adapters is not None:
+            self.adapters.flat = extra[-1]
         if self.uses_mask:
             samples = attention_mask.sum(-1)
         else:
@@ -106,7 +116,9 @@ class CTCExportWrapper(nn.Module):
             tail = tail[:, : short.clamp(min=0)[0]]
             input_values = torch.cat([input_values, tail], dim=1)
             if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask, torch.zeros_like(tail, dtype=attention_mask.dtype)], 1)
+                attention_mask = torch.cat(
+                    [attention_mask, torch.zeros_like(tail, dtype=attention_mask.dtype)], 1
+                )
         base = getattr(self.model, self.family.base)
         if self.front_end is not None:
             features, mask = self.front_end(input_values, samples)
@@ -143,14 +155,19 @@ def dummy_batch(info: ModelInfo, stages: Stages | None = None) -> tuple[torch.Te
 
 
 def export_onnx(
-    model: nn.Module, info: ModelInfo, path: Path, opset: int, backbone_only: bool = False
+    model: nn.Module,
+    info: ModelInfo,
+    path: Path,
+    opset: int,
+    backbone_only: bool = False,
+    adapter_input: bool = False,
 ) -> dict:
     """Export to `path` (external data beside it for > 2 GB models). Returns facts for bundle.json."""
     path = Path(path)
     staging = path.parent / ".export-staging"  # the exporter may scatter one file per tensor here
     staging.mkdir()
     folded = fold_weight_norm(model)
-    wrapper = CTCExportWrapper(model, info, backbone_only).eval()  # the exporter restores train mode
+    wrapper = CTCExportWrapper(model, info, backbone_only, adapter_input).eval()  # export restores train mode
     values, mask = dummy_batch(info, wrapper.lengths.stages)
     group_norm = info.feat_extract_norm == "group" and wrapper.family.front_end == "waveform"
     fixes = padding_fixes(
@@ -158,6 +175,11 @@ def export_onnx(
     )
     args = (values, mask) if info.uses_attention_mask else (values,)
     inputs = [INPUT_VALUES, ATTENTION_MASK] if info.uses_attention_mask else [INPUT_VALUES]
+    adapters = nullcontext()
+    if adapter_input:
+        args += (torch.from_numpy(flat_adapter(model)),)
+        inputs.append(ADAPTER_WEIGHTS)
+        adapters = adapters_from_input(model, wrapper.adapters)
     first_output = OUTPUT_HIDDEN if backbone_only else OUTPUT_LOGITS
     axes = {
         INPUT_VALUES: {0: "batch", 1: "samples"},
@@ -167,7 +189,7 @@ def export_onnx(
     if info.uses_attention_mask:
         axes[ATTENTION_MASK] = {0: "batch", 1: "samples"}
     try:
-        with torch.no_grad(), fixes, warnings.catch_warnings():
+        with torch.no_grad(), fixes, adapters, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
             torch.onnx.export(
                 wrapper,

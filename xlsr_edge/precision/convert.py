@@ -52,10 +52,19 @@ def load_precision_inputs(options, info: ModelInfo) -> PrecisionInputs:
 
 
 def convert_precision(
-    fp32_path: Path, bundle_dir: Path, info: ModelInfo, options, inputs: PrecisionInputs
+    fp32_path: Path,
+    bundle_dir: Path,
+    info: ModelInfo,
+    options,
+    inputs: PrecisionInputs,
+    *,
+    graph_name: str = MODEL_ONNX,
+    heads: dict[str, tuple[ModelInfo, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Replace ``bundle_dir/model.onnx`` (fp32) by the ``options.precision`` graph; return the report.
+    """Replace ``bundle_dir/<graph_name>`` (fp32) by the ``options.precision`` graph; return the report.
 
+    ``heads``: a multi-language backbone (hidden states out) is gated once per language, language -> (that
+    language's ModelInfo, a function wrapping a backbone runner into a logits runner with its head).
     Raises ExportError when the accuracy gate fails (the caller's atomic folder then leaves no bundle).
     """
     import onnx
@@ -102,15 +111,25 @@ def convert_precision(
         _log(
             f"accuracy gate: fp32 vs {precision}{'' if on == 'onnxruntime' else f' on {on}'} on {len(gate.utterances)} utterances"
         )
-        gate_report = precision_gate(
-            fp32_path,
-            candidate,
-            info,
-            gate,
-            max_cer_delta=options.max_cer_delta,
-            min_agreement=options.min_frame_agreement,
-            backend=getattr(options, "gate_backend", "onnxruntime"),
-        )
+        gates = heads or {None: (info, None)}
+        reports = {
+            lang: precision_gate(
+                fp32_path,
+                candidate,
+                lang_info,
+                gate,
+                max_cer_delta=options.max_cer_delta,
+                min_agreement=options.min_frame_agreement,
+                backend=getattr(options, "gate_backend", "onnxruntime"),
+                wrap=wrap,
+            )
+            for lang, (lang_info, wrap) in gates.items()
+        }
+        if heads is None:
+            gate_report = reports[None]
+        else:
+            failures = [f"{lang}: {f}" for lang, r in reports.items() for f in r["failures"]]
+            gate_report = {"languages": reports, "failures": failures, "passed": not failures}
         if not gate_report["passed"]:
             raise ExportError(
                 f"{precision} accuracy gate failed, no bundle written: " + "; ".join(gate_report["failures"])
@@ -119,9 +138,9 @@ def convert_precision(
         cand_bytes = graph_bytes(candidate)
         ops = op_summary(candidate)
         # move the candidate into the bundle under the standard names
-        for f in (bundle_dir / MODEL_ONNX, bundle_dir / MODEL_ONNX_DATA):
+        for f in (bundle_dir / graph_name, bundle_dir / MODEL_ONNX_DATA):
             f.unlink(missing_ok=True)
-        external = save_graph(onnx.load(str(candidate)), bundle_dir / MODEL_ONNX, MODEL_ONNX_DATA)
+        external = save_graph(onnx.load(str(candidate)), bundle_dir / graph_name, MODEL_ONNX_DATA)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -180,7 +199,13 @@ def format_report(r: dict[str, Any]) -> list[str]:
             f"{cal['seconds']:.1f} s, sha256 {cal['sha256'][:16]}… ({Path(cal['source']).name}, seed {cal['seed']})"
         )
     g = r.get("gate") or {}
-    if g:
+    # a multi-language backbone is gated once per language
+    gates = (
+        [(f"gate {lang}", lg) for lang, lg in g["languages"].items()] if "languages" in g else [("gate", g)]
+    )
+    for label, g in gates:
+        if not g:
+            continue
         st = g.get("set", {})
         verdict = "passed" if g.get("passed") else "FAILED"
         conv = r.get("precision")
@@ -197,7 +222,7 @@ def format_report(r: dict[str, Any]) -> list[str]:
             if g.get("backend", "onnxruntime") != "onnxruntime"
             else ""
         )
-        out.append(f"{'gate':<13} {verdict}{on}: {fig}")
+        out.append(f"{label:<13} {verdict}{on}: {fig}")
         out.append(
             f"{'':<13} {conv} graph vs the fp32 graph: frame argmax agreement {g.get('argmax_agreement', 0):.4f}, "
             f"{g.get('transcripts_changed', '?')} transcripts changed, on {st.get('utterances')} utterances "

@@ -7,7 +7,7 @@ of frames whose argmax equals the fp32 graph's must reach ``min_agreement``. Bot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,14 +81,18 @@ def run_graph(
     arrays: Sequence[np.ndarray],
     threads: int | None = None,
     backend: str = "onnxruntime",
+    wrap: Callable[[Runner], Runner] | None = None,
 ):
-    """Logits (valid frames only) per utterance, batched like the runtime (unpadded for no-mask models)."""
+    """Logits (valid frames only) per utterance, batched like the runtime (unpadded for no-mask models).
+
+    `wrap`: turns the graph's runner into a logits runner (a multi-language backbone plus one language's head)."""
     out: list[np.ndarray | None] = [None] * len(arrays)
     max_padding = 0.25 if info.uses_attention_mask else 0.0
-    with graph_runner(path, backend, threads) as runner:
+    runner = graph_runner(path, backend, threads)
+    with wrap(runner) if wrap is not None else runner as active:
         for batch in bucket([len(a) for a in arrays], GATE_BATCH_SIZE, max_padding):
             values, mask = pad_batch([arrays[i] for i in batch])
-            logits, lengths = runner.infer(values, mask)
+            logits, lengths = active.infer(values, mask)
             for k, i in enumerate(batch):
                 out[i] = np.asarray(logits[k, : int(lengths[k])], dtype=np.float32)
     return out
@@ -108,6 +112,7 @@ def precision_gate(
     max_cer_delta: float,
     min_agreement: float,
     backend: str = "onnxruntime",
+    wrap: Callable[[Runner], Runner] | None = None,
 ) -> dict[str, Any]:
     """Compare the two graphs; returns the report with ``passed`` and ``failures`` (raises nothing).
 
@@ -115,8 +120,8 @@ def precision_gate(
     the gate measures what a deployment on OpenVINO (bf16 precision hint where the CPU has it) will see.
     """
     decoder = GreedyDecoder(Vocabulary.from_model_info(info))
-    ref = run_graph(fp32_path, info, gate.arrays)
-    cand = run_graph(candidate_path, info, gate.arrays, backend=backend)
+    ref = run_graph(fp32_path, info, gate.arrays, wrap=wrap)
+    cand = run_graph(candidate_path, info, gate.arrays, backend=backend, wrap=wrap)
     ref_text = [decoder.decode(x).text for x in ref]
     cand_text = [decoder.decode(x).text for x in cand]
     report: dict[str, Any] = {

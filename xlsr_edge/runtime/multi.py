@@ -47,6 +47,34 @@ class MultiRecognizer(Recognizer):
         super().__init__(manifest, runner, next(iter(decoders.values())))
         self.heads, self.decoders, self.lid = heads, decoders, lid
         self.language, self.threshold, self.policy = language, threshold, policy
+        # MMS: every language has its own attention adapters inside the shared body, fed to the graph as an
+        # input; language ID reads the body with one language's adapters (the one it was trained on)
+        self.adapters = any(h.adapter is not None for h in heads.values())
+        self.lid_language = (manifest.extra.get("adapters") or {}).get("lid") or next(iter(heads))
+        self._by_language: dict[int, dict[str, np.ndarray]] = {}
+        if self.adapters:
+            self._use(language or self.lid_language)
+
+    def _use(self, lang: str) -> None:
+        """Run the body with `lang`'s adapters from now on (MMS bundles)."""
+        if hasattr(self.runner, "adapter_weights"):
+            self.runner.adapter_weights = self.heads[lang].adapter
+
+    def infer(self, items: list[_Item], windows, options, progress=None) -> None:
+        """MMS with language ID: the body runs once per language (each with its adapters); otherwise once."""
+        if not self.adapters or self.language is not None or len(self.heads) == 1:
+            return super().infer(items, windows, options, progress)
+        self._by_language.clear()  # the previous group was decoded
+        hidden: dict[str, list] = {}
+        for k, lang in enumerate(self.heads):
+            self._use(lang)
+            super().infer(items, windows, options, progress if k == 0 else None)
+            hidden[lang] = [it.logits for it in items]
+        self._use(self.lid_language)
+        for i, it in enumerate(items):
+            if it.logits is not None:
+                it.logits = hidden[self.lid_language][i]
+                self._by_language[id(it)] = {lang: h[i] for lang, h in hidden.items()}
 
     @classmethod
     def create(
@@ -124,8 +152,13 @@ class MultiRecognizer(Recognizer):
         for d in self.decoders.values():
             d.close()
 
-    def route(self, hidden: np.ndarray) -> tuple[str, float | None, np.ndarray]:
-        """Pick the language for one utterance's hidden states: (language, confidence, logits)."""
+    def route(
+        self, hidden: np.ndarray, by_language: dict[str, np.ndarray] | None = None
+    ) -> tuple[str, float | None, np.ndarray]:
+        """Pick the language for one utterance's hidden states: (language, confidence, logits).
+
+        by_language: MMS bundles, each language's own hidden states (the body with its adapters)."""
+        own = by_language or {}
         if self.language is not None:
             return self.language, None, self.heads[self.language].apply(hidden)
         if self.lid is None:  # one language, no classifier needed
@@ -135,13 +168,13 @@ class MultiRecognizer(Recognizer):
         best = int(probs.argmax())
         lang, conf = self.lid.languages[best], float(probs[best])
         if conf >= self.threshold:
-            return lang, conf, self.heads[lang].apply(hidden)
+            return lang, conf, self.heads[lang].apply(own.get(lang, hidden))
         if self.policy == UNKNOWN:
             return UNKNOWN, conf, np.zeros((0, 1), dtype=np.float32)
         # run every head; keep the one most sure of its own transcript
         scored = [
             (ctc_confidence(lg), lg_lang, lg)
-            for lg_lang, lg in ((k, h.apply(hidden)) for k, h in self.heads.items())
+            for lg_lang, lg in ((k, h.apply(own.get(k, hidden))) for k, h in self.heads.items())
         ]
         _, lang, logits = max(scored, key=lambda t: t[0])
         return lang, float(probs[self.lid.languages.index(lang)]), logits
@@ -151,6 +184,8 @@ class MultiRecognizer(Recognizer):
         for i, it in enumerate(items):
             if it.logits is None:
                 continue
-            it.language, it.language_confidence, logits = self.route(it.logits)
+            it.language, it.language_confidence, logits = self.route(
+                it.logits, self._by_language.pop(id(it), None)
+            )
             out[i] = Decoded("") if it.language == UNKNOWN else self.decoders[it.language].decode(logits)
         return out

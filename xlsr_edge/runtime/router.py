@@ -15,14 +15,14 @@ from xlsr_edge.errors import BundleError
 from xlsr_edge.runtime.runners import Runner
 
 
-def _arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _arrays(path: Path, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """The named arrays of an .npz file of the bundle; BundleError naming the file when it is not one.
 
     `path` comes from xlsr_edge.bundle.bundle_path (inside the bundle); pickled objects are never loaded.
     """
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {n: np.asarray(z[n]) for n in names}
+            return {n: np.asarray(z[n]) for n in names + tuple(o for o in optional if o in z.files)}
     except Exception as exc:  # zipfile, OSError, ValueError (pickle), KeyError (missing array)
         raise BundleError(f"cannot read {path.name} of the bundle ({exc}); re-export the bundle") from exc
 
@@ -31,24 +31,38 @@ def _arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
 class Head:
     weight: np.ndarray  # [vocab, hidden]
     bias: np.ndarray  # [vocab]
+    # MMS: the language's attention-adapter weights, fed to the backbone graph as its `adapter_weights` input
+    adapter: np.ndarray | None = None
 
     def apply(self, hidden: np.ndarray) -> np.ndarray:
         return hidden @ self.weight.T + self.bias
 
     @classmethod
     def load(cls, path: Path) -> Head:
-        z = _arrays(Path(path), ("weight", "bias"))
+        z = _arrays(Path(path), ("weight", "bias"), optional=("adapter",))
         w, b = z["weight"], z["bias"]
         if w.ndim != 2 or b.shape != w.shape[:1] or w.dtype.kind != "f" or b.dtype.kind != "f":
             raise BundleError(
                 f"{Path(path).name} is not a CTC head: weight {w.dtype}{list(w.shape)}, bias {b.dtype}{list(b.shape)}"
             )
-        return cls(w.astype(np.float32), b.astype(np.float32))
+        adapter = z.get("adapter")
+        if adapter is not None and (adapter.ndim != 1 or adapter.dtype.kind != "f"):
+            raise BundleError(
+                f"{Path(path).name}: the adapter weights must be a vector, found {list(adapter.shape)}"
+            )
+        return cls(
+            w.astype(np.float32),
+            b.astype(np.float32),
+            None if adapter is None else adapter.astype(np.float32),
+        )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"weight": self.weight, "bias": self.bias}
+        if self.adapter is not None:
+            arrays["adapter"] = self.adapter
         with path.open("wb") as f:  # a file object: np.savez would append .npz to a str path
-            np.savez(f, weight=self.weight, bias=self.bias)
+            np.savez(f, **arrays)
 
 
 class HeadRunner(Runner):
@@ -68,6 +82,8 @@ class HeadRunner(Runner):
         self.backbone.deactivate()
 
     def infer(self, input_values, attention_mask):
+        if self.head.adapter is not None:  # MMS: this language's adapters inside the shared body
+            self.backbone.adapter_weights = self.head.adapter
         hidden, lengths = self.backbone.infer(input_values, attention_mask)
         return self.head.apply(hidden), lengths
 

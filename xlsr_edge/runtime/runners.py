@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xlsr_edge.constants import ATTENTION_MASK, INPUT_VALUES, OUTPUT_LENGTHS
+from xlsr_edge.constants import ADAPTER_WEIGHTS, ATTENTION_MASK, INPUT_VALUES, OUTPUT_LENGTHS
 from xlsr_edge.errors import XlsrEdgeError
 
 
@@ -106,6 +106,9 @@ class OnnxRuntimeRunner(Runner):
         self.trt_cache_dir = trt_cache_dir
         self.session = None
         self.uses_mask = False
+        # MMS multi backbones take the language's attention-adapter weights as an input: set by the head runner
+        self.needs_adapter = False
+        self.adapter_weights: np.ndarray | None = None
 
     def _activate(self) -> None:
         import onnxruntime as ort
@@ -123,7 +126,9 @@ class OnnxRuntimeRunner(Runner):
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise XlsrEdgeError(f"onnxruntime cannot load {self.model_path}: {exc}") from exc
-        self.uses_mask = ATTENTION_MASK in {i.name for i in self.session.get_inputs()}
+        inputs = {i.name for i in self.session.get_inputs()}
+        self.uses_mask = ATTENTION_MASK in inputs
+        self.needs_adapter = ADAPTER_WEIGHTS in inputs
         # logits for CTC bundles, hidden_states for shared multi-language backbones
         names = [o.name for o in self.session.get_outputs()]
         self.outputs = [next(n for n in names if n != OUTPUT_LENGTHS), OUTPUT_LENGTHS]
@@ -141,6 +146,12 @@ class OnnxRuntimeRunner(Runner):
             if attention_mask is None:
                 attention_mask = np.ones(input_values.shape, dtype=np.int64)
             feeds[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        if self.needs_adapter:
+            if self.adapter_weights is None:
+                raise XlsrEdgeError(
+                    f"{self.model_path} needs a language's adapter weights (an MMS multi backbone)"
+                )
+            feeds[ADAPTER_WEIGHTS] = self.adapter_weights
         logits, lengths = self.session.run(self.outputs, feeds)
         return logits, lengths
 

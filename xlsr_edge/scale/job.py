@@ -72,6 +72,7 @@ class JobOptions:
     chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS
     context_seconds: float = DEFAULT_CHUNK_CONTEXT_SECONDS
     task_size: int | None = None  # None: split the inputs so every worker gets several tasks
+    recognizer_kwargs: tuple[tuple[str, Any], ...] = ()  # more Recognizer.from_bundle keywords
     shard_rows: int = SHARD_ROWS
     shard_seconds: float = SHARD_SECONDS
     log: Callable[[str], None] | None = None  # progress lines (the CLI: stderr)
@@ -227,6 +228,7 @@ def worker_config(sha_source: BundleSource, options: JobOptions, pool: PoolOptio
         batch_size=options.batch_size,
         chunk_seconds=options.chunk_seconds,
         context_seconds=options.context_seconds,
+        recognizer_kwargs=options.recognizer_kwargs,
     )
 
 
@@ -459,6 +461,7 @@ class RayRecognizer:
         decoder: Any = None,
         language: str | None = None,
         task_size: int | None = None,
+        recognizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         import_ray(loopback=cluster.address == LOCAL)
         self.bundle = Path(bundle)
@@ -467,7 +470,12 @@ class RayRecognizer:
         self.sha256 = bundle_sha256(self.bundle)
         self.pool = pool
         self.options = JobOptions(
-            backend=backend, providers=providers, decoder=decoder, language=language, task_size=task_size
+            backend=backend,
+            providers=providers,
+            decoder=decoder,
+            language=language,
+            task_size=task_size,
+            recognizer_kwargs=tuple(sorted((recognizer_kwargs or {}).items())),
         )
         self._connection = connect(cluster, pool)
         self.connection = self._connection.__enter__()
@@ -491,7 +499,8 @@ class RayRecognizer:
                 backend=backend,
                 providers=providers,
                 decoder=decoder,
-                language=kwargs.get("language"),
+                language=kwargs.pop("language", None),
+                recognizer_kwargs=kwargs,  # e.g. a backend's runner options: the workers build the same runner
             )
 
         return make

@@ -146,6 +146,8 @@ class WorkerConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS
     context_seconds: float = DEFAULT_CHUNK_CONTEXT_SECONDS
+    # more keywords of Recognizer.from_bundle (a backend's runner options, multi-language settings)
+    recognizer_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 def result_schema():
@@ -192,6 +194,7 @@ class TranscribeWorker:
             threads=config.threads if config.backend == "onnxruntime" else None,
             decoder=config.decoder,
             language=config.language,
+            **dict(config.recognizer_kwargs),
         )
         self.options = TranscribeOptions(
             batch_size=config.batch_size,
