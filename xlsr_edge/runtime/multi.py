@@ -63,6 +63,8 @@ class MultiRecognizer(Recognizer):
     def infer(self, items: list[_Item], windows, options, progress=None) -> None:
         """MMS with language ID: the body runs once per language (each with its adapters); otherwise once."""
         if not self.adapters or self.language is not None or len(self.heads) == 1:
+            if self.adapters:
+                self._use(self.language or self.lid_language)
             return super().infer(items, windows, options, progress)
         self._by_language.clear()  # the previous group was decoded
         hidden: dict[str, list] = {}
