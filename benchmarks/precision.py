@@ -287,6 +287,12 @@ def main() -> int:
         choices=list(VARIANTS),
         help="variants also run on OpenVINO",
     )
+    ap.add_argument(
+        "--variants-300m", nargs="+", default=None, choices=list(VARIANTS), help="default: --variants"
+    )
+    ap.add_argument(
+        "--ov-variants-300m", nargs="+", default=None, choices=list(VARIANTS), help="default: --ov-variants"
+    )
     ap.add_argument("--precision-hint", default=None, help="OpenVINO hint (default: chosen from the CPU)")
     ap.add_argument("--no-torch-bf16", dest="torch_bf16", action="store_false")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -322,8 +328,12 @@ def main() -> int:
         if not (ckpt / "model.safetensors").is_file():
             log(f"building a random-weight {name} checkpoint")
             build_checkpoint(ckpt, **{**XLSR_300M, "num_hidden_layers": args.layers})
-        bundles = export_variants(ckpt, work / name, args.variants, None, informational_gate=True)
-        rows += bench(name, ckpt, bundles, args, args.batch_300m or args.batch)
+        variants = args.variants_300m or args.variants
+        bundles = export_variants(ckpt, work / name, variants, None, informational_gate=True)
+        args300 = argparse.Namespace(
+            **{**vars(args), "ov_variants": args.ov_variants_300m or args.ov_variants}
+        )
+        rows += bench(name, ckpt, bundles, args300, args.batch_300m or args.batch)
 
     from xlsr_edge.measure.bench import isa_summary, markdown_table, write_json
 

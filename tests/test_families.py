@@ -21,7 +21,7 @@ import transformers
 
 from tests.conftest import read_bundle_json
 from xlsr_edge.bundle import ModelInfo
-from xlsr_edge.cli import export_main
+from xlsr_edge.cli import export_main, main
 from xlsr_edge.data import default_clips
 from xlsr_edge.export import ExportOptions, export_bundle
 from xlsr_edge.export.families import FAMILIES
@@ -48,7 +48,13 @@ CASES = [
     ("wav2vec2-bert-add_adapter", "wav2vec2-bert", ADAPTER),
 ]
 # PyTorch itself lets padding into real frames on a padded batch here; the graph must not
-LEAKY = {"wav2vec2-add_adapter", "wav2vec2-group-masked", "conformer-rotary", "conformer-relative", "data2vec-audio"}
+LEAKY = {
+    "wav2vec2-add_adapter",
+    "wav2vec2-group-masked",
+    "conformer-rotary",
+    "conformer-relative",
+    "data2vec-audio",
+}
 
 
 def _clips(n: int = 3) -> list[np.ndarray]:
@@ -149,7 +155,10 @@ def test_family_exports_exactly(exported, case_id, family, kwargs):
     assert parity["vs_pytorch"]["relative_max_abs_diff"] <= 1e-4 and parity["lengths_match"]
     assert parity["batch_vs_single"]["transcripts_equal"]
     if case_id in LEAKY:  # PyTorch on the padded batch differs from PyTorch alone; the graph does not
-        assert parity["pytorch_padded_batch_vs_alone"]["max_abs_diff"] > 100 * parity["vs_pytorch"]["max_abs_diff"]
+        assert (
+            parity["pytorch_padded_batch_vs_alone"]["max_abs_diff"]
+            > 100 * parity["vs_pytorch"]["max_abs_diff"]
+        )
 
 
 def test_frame_rate_includes_adapter_strides(exported):
@@ -202,8 +211,10 @@ def test_wav2vec2_bert_front_end_equals_the_feature_extractor():
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_checkpoints_export_as_float32(tmp_path, dtype):
     ckpt = build_checkpoint(tmp_path / "ckpt", family="wav2vec2", dtype=dtype)
-    header = json.loads((ckpt / "model.safetensors").read_bytes()[8:][: 10_000].split(b"}}")[0] + b"}}")
-    assert {"F16" if dtype == "float16" else "BF16"} <= {v.get("dtype") for v in header.values() if isinstance(v, dict)}
+    header = json.loads((ckpt / "model.safetensors").read_bytes()[8:][:10_000].split(b"}}")[0] + b"}}")
+    assert {"F16" if dtype == "float16" else "BF16"} <= {
+        v.get("dtype") for v in header.values() if isinstance(v, dict)
+    }
     manifest = export_bundle(ckpt, tmp_path / "b")
     assert manifest.parity["passed"] and manifest.precision == "fp32"
     clips = _clips()
@@ -213,7 +224,7 @@ def test_half_precision_checkpoints_export_as_float32(tmp_path, dtype):
     assert max(float(np.abs(g - r).max()) for g, r in zip(got, ref)) <= 1e-4 * scale
 
 
-def test_padded_vocabulary_gets_placeholders_never_emitted(tmp_path):
+def test_padded_vocabulary_gets_placeholders_never_emitted(tmp_path, capsys):
     from xlsr_edge.decoders import BeamDecoder, GreedyDecoder, Vocabulary
 
     ckpt = build_checkpoint(tmp_path / "ckpt", spare_vocab=4, head_gain=1.0)
@@ -224,6 +235,9 @@ def test_padded_vocabulary_gets_placeholders_never_emitted(tmp_path):
     assert all(info.vocab[i].startswith("<spare") for i in info.spare_ids)
     assert isinstance(manifest.parity["spare_vocab_frames"], int)  # counted by the gate
     assert read_bundle_json(tmp_path / "b")["spare_ids"] == info.spare_ids
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "b")]) == 0
+    assert "4 placeholder entries" in capsys.readouterr().out
     # logits whose argmax is a spare column: neither decoder writes it
     vocab = Vocabulary.from_model_info(info)
     logits = np.full((1, 6, len(info.vocab)), -5.0, np.float32)
@@ -402,3 +416,38 @@ def test_precision_with_multi(tmp_path, capsys):
     assert gate["passed"] and set(gate["languages"]) == set(ckpts)
     with Recognizer.from_bundle(out, language="es") as rec:
         assert len(rec.transcribe(default_clips()[:2])) == 2
+
+
+def test_mms_add_language_adds_that_languages_adapters(mms_ckpt, tmp_path):
+    from xlsr_edge.export.multi import add_language, export_multi
+    from xlsr_edge.runtime import Recognizer
+
+    bundle = tmp_path / "multi"
+    export_multi({"tur": mms_ckpt, "fra": mms_ckpt}, bundle, ExportOptions(verify=False))
+    manifest = add_language(bundle, "deu", mms_ckpt)
+    assert manifest.parity["languages"]["deu"]["passed"]
+    export_bundle(mms_ckpt, tmp_path / "deu", ExportOptions(target_lang="deu", verify=False))
+    clips = default_clips()[:2]
+    with (
+        Recognizer.from_bundle(tmp_path / "deu") as one,
+        Recognizer.from_bundle(bundle, language="deu") as shared,
+    ):
+        assert [t.text for t in shared.transcribe(clips)] == [t.text for t in one.transcribe(clips)]
+
+
+def test_conformer_relative_positions_beyond_the_precomputed_table(tmp_path):
+    """transformers extends the relative table in Python for inputs longer than max_source_positions; the graph
+    computes it for the input's length (a traced slice of the stored table would wrap around silently)."""
+    ckpt = build_checkpoint(
+        tmp_path / "ckpt",
+        family="wav2vec2-conformer",
+        position_embeddings_type="relative",
+        max_source_positions=60,
+    )
+    export_bundle(ckpt, tmp_path / "b", ExportOptions(verify=False))
+    clips = _clips()  # 78 to 168 frames, beyond the 60 of the table (the export traces 50)
+    got, lengths = _run(_session(tmp_path / "b"), clips, True)
+    for clip, g in zip(clips, got):
+        ref = _reference(ckpt, "wav2vec2-conformer", clip)
+        assert g.shape == ref.shape and ref.shape[0] > 60
+        assert np.abs(g - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -108,9 +108,12 @@ def _inspect(args: argparse.Namespace) -> int:
         _line(
             "schema", f"{manifest.schema_version}   precision {manifest.precision}   opset {manifest.opset}"
         )
+        _line("model", m.model_type + (", MMS adapters per language" if "adapters" in manifest.extra else ""))
         if not multi:
+            spare = f", {len(m.spare_ids)} placeholder entries (never written)" if m.spare_ids else ""
             _line(
-                "vocabulary", f"{len(m.vocab)} tokens, blank id {m.blank_id}, delimiter {m.word_delimiter!r}"
+                "vocabulary",
+                f"{len(m.vocab)} tokens, blank id {m.blank_id}, delimiter {m.word_delimiter!r}{spare}",
             )
         _line(
             "audio",

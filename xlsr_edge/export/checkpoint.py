@@ -30,6 +30,7 @@ PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 ADAPTER_FILE = "adapter.{}.safetensors"
 SPARE_TOKEN = "<spare_{}>"  # placeholder for a head column the tokenizer has no token for
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})(?:@(?P<revision>[\w./-]{1,255}))?")
+LANGUAGE_CODE = re.compile(r"[A-Za-z0-9][\w-]{0,63}")  # MMS languages name files: adapter.LANG.safetensors
 HUB_FILES = ("*.json", "model.safetensors", "model-*.safetensors")
 
 
@@ -102,8 +103,8 @@ def resolve_checkpoint(spec: str | Path, target_langs: tuple[str, ...] = ()) -> 
             first = (str(exc).strip().splitlines() or [""])[0]
             why = f"{type(exc).__name__}: {first[:120]}"
         raise CheckpointError(
-            f"cannot get {text} from the Hugging Face Hub ({why}); download the checkpoint where there is "
-            "network and pass its local folder instead: export-xlsr ./folder -o BUNDLE"
+            f"{text} is no local folder, and the Hugging Face Hub id cannot be fetched ({why}); download the "
+            "checkpoint where there is network and pass its local folder instead: export-xlsr ./folder -o BUNDLE"
         ) from exc
     return Path(folder)
 
@@ -189,11 +190,15 @@ def choose_target_lang(folder: Path, target_lang: str | None) -> str | None:
     if target_lang is None:
         tok_config = folder / "tokenizer_config.json"
         saved = _read_json(tok_config).get("target_lang") if tok_config.is_file() else None
-        if isinstance(saved, str) and saved in langs:
+        if isinstance(saved, str) and saved in langs and LANGUAGE_CODE.fullmatch(saved):
             return saved
         raise CheckpointError(
             f"{folder / 'vocab.json'} holds one vocabulary per language ({len(langs)}: {_list_languages(langs)}); "
             "choose one with --target-lang LANG"
+        )
+    if not LANGUAGE_CODE.fullmatch(target_lang):  # it names a file: adapter.LANG.safetensors
+        raise CheckpointError(
+            f"--target-lang {target_lang!r} must be a language code (letters, digits, _ and -)"
         )
     if target_lang not in langs:
         raise CheckpointError(

@@ -13,6 +13,8 @@ What each family needs is data (xlsr_edge.export.families); this module is the o
 
 from __future__ import annotations
 
+import math
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -109,6 +111,21 @@ def _reset_rotary_cache(module, args):
     module.cached_rotary_positional_embedding = None
 
 
+def _relative_table(self, hidden_states):
+    """Wav2Vec2-Conformer's relative sinusoids for offsets T-1 .. -(T-1), computed for the input's length.
+
+    transformers slices a table built for `max_source_positions` frames and rebuilds it in Python for longer
+    inputs; traced, the slice would silently wrap around beyond that length. Same formula, in the graph."""
+    t = hidden_states.shape[1]
+    offsets = torch.arange(t - 1, -t, -1, device=hidden_states.device).float()[:, None]
+    div = torch.exp(
+        torch.arange(0, self.d_model, 2, dtype=torch.int64).float() * -(math.log(10000.0) / self.d_model)
+    )
+    angles = offsets * div
+    table = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).reshape(1, -1, self.d_model)
+    return table.to(dtype=hidden_states.dtype)
+
+
 def squeeze_tail_mask(hidden: torch.Tensor, lengths: FrameLengths, squeeze: int) -> torch.Tensor:
     """SEW/SEW-D alone: frames past squeeze * floor(frames / squeeze) are zero padding after upsampling."""
     covered = torch.div(lengths.at(lengths.stages.encoder), squeeze, rounding_mode="floor") * squeeze
@@ -122,10 +139,13 @@ def padding_fixes(
     """Install the hooks for tracing; always removed afterwards."""
     base = getattr(model, family.base)
     enc = lengths.stages.encoder
-    handles = []
+    handles, tables = [], []
     for module in base.modules():
         if hasattr(module, "cached_rotary_positional_embedding"):
             handles.append(module.register_forward_pre_hook(_reset_rotary_cache))
+        if all(hasattr(module, a) for a in ("extend_pe", "pe", "d_model")) and module.d_model % 2 == 0:
+            module.forward = types.MethodType(_relative_table, module)
+            tables.append(module)
     if family.squeeze:
         squeeze = int(model.config.squeeze_factor)
         if family.model_type == "sew":
@@ -158,3 +178,5 @@ def padding_fixes(
     finally:
         for h in handles:
             h.remove()
+        for module in tables:
+            del module.forward  # back to the class method
