@@ -172,27 +172,35 @@ def family_row(name: str, family: str, extra: dict, work: Path, seconds: float, 
 
 
 RSS_SCRIPT = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 from xlsr_edge.runtime import Recognizer
+def peak_mb():  # VmHWM: this process's peak resident set (ru_maxrss would include the forking parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 x = (np.random.default_rng(0).standard_normal(160000) * 0.1).astype(np.float32)
 recs = [Recognizer.from_bundle(b, threads=1) for b in json.loads(sys.argv[1])]  # one session per language
 for rec in recs:
     rec.transcribe([x])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(peak_mb())
 """
 
 RSS_MULTI = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 from xlsr_edge.runtime import Recognizer
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 bundle, langs = sys.argv[1], json.loads(sys.argv[2])
 x = (np.random.default_rng(0).standard_normal(160000) * 0.1).astype(np.float32)
 with Recognizer.from_bundle(bundle, language=langs[0], threads=1) as rec:
     for lang in langs:  # every language through one session: its adapters and head
         rec.language = lang
         rec.transcribe([x])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(peak_mb())
 """
 
 
@@ -290,6 +298,13 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         mms = [] if args.no_mms else mms_rows(Path(tmp) / "mms")
     args.output.mkdir(parents=True, exist_ok=True)
+    old = args.output / "results.json"
+    if (args.families is not None or args.no_mms) and old.is_file():  # a partial run replaces its own rows
+        before = json.loads(old.read_text())
+        ran = {r["name"] for r in rows}
+        rows = [r for r in before["families"] if r["name"] not in ran] + rows
+        rows.sort(key=lambda r: [c[0] for c in CASES].index(r["name"]))
+        mms = mms or before.get("mms", [])
     (args.output / "results.json").write_text(
         json.dumps({"meta": meta, "families": rows, "mms": mms}, indent=2)
     )

@@ -73,12 +73,14 @@ def _reference(ckpt: Path, family: str, clip: np.ndarray) -> np.ndarray:
         model = getattr(transformers, fam.ctc_class).from_pretrained(str(ckpt), dtype=torch.float32).eval()
         _MODELS[ckpt] = (model, transformers.AutoFeatureExtractor.from_pretrained(str(ckpt)))
     model, fe = _MODELS[ckpt]
-    extra = {"pad_to_multiple_of": None} if fam.front_end == "fbank" else {}
-    feats = fe(clip, sampling_rate=16000, return_tensors="pt", return_attention_mask=True, **extra)
+    feats = fe(clip, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
     key = "input_features" if fam.front_end == "fbank" else "input_values"
+    values, mask = feats[key], feats["attention_mask"]
+    if fam.front_end == "fbank":  # alone: without the masked frame that pads an odd frame count to even
+        n = int(mask.sum())
+        values, mask = values[:, :n], mask[:, :n]
     with torch.no_grad():
-        mask = feats["attention_mask"] if fe.return_attention_mask else None
-        logits = model(feats[key], attention_mask=mask).logits[0].numpy()
+        logits = model(values, attention_mask=mask if fe.return_attention_mask else None).logits[0].numpy()
     if fam.front_end == "fbank":  # valid frames: the feature mask through the adapters' length formula
         n = model._get_feat_extract_output_lengths(feats["attention_mask"].sum(-1)).item()
         logits = logits[:n]

@@ -227,7 +227,9 @@ def _export(args: argparse.Namespace) -> int:
         target_lang=args.target_lang,
     )
     if args.multi and args.target_lang:
-        raise XlsrEdgeError("--multi names each language as LANG=CKPT (an MMS checkpoint's LANG); drop --target-lang")
+        raise XlsrEdgeError(
+            "--multi names each language as LANG=CKPT (an MMS checkpoint's LANG); drop --target-lang"
+        )
     if args.multi:
         return _export_multi(args, options)
     if args.checkpoint is None:

@@ -44,25 +44,21 @@ class FbankFrontEnd(nn.Module):
 
     def __init__(self, feature_extractor: dict) -> None:
         super().__init__()
-        from transformers.audio_utils import mel_filter_bank, window_function
+        import transformers
 
+        # the window and the mel bank of transformers' own feature extractor (they changed between versions:
+        # the graph equals the extractor of the transformers that exports it)
         rate = int(feature_extractor.get("sampling_rate", 16000))
-        mels = int(feature_extractor.get("num_mel_bins", 80))
-        self.stack = int(feature_extractor.get("stride", 2))
-        self.mels = mels
-        window = window_function(FBANK_FRAME, "povey", periodic=False)
-        filters = mel_filter_bank(
-            num_frequency_bins=FFT // 2 + 1,
-            num_mel_filters=mels,
-            min_frequency=20,
-            max_frequency=rate // 2,
-            sampling_rate=rate,
-            norm=None,
-            mel_scale="kaldi",
-            triangularize_in_mel_space=True,
-        )  # [257, mels]
+        kwargs = {k: feature_extractor[k] for k in ("num_mel_bins", "stride") if k in feature_extractor}
+        fe = transformers.SeamlessM4TFeatureExtractor(sampling_rate=rate, **kwargs)
+        self.stack = int(fe.stride)
+        self.mels = int(fe.num_mel_bins)
+        filters = np.asarray(fe.mel_filters, dtype=np.float64)  # [FFT/2 + 1, mels]
+        if filters.shape != (FFT // 2 + 1, self.mels):
+            raise ValueError(f"unexpected SeamlessM4T mel bank shape {filters.shape}")
+        window = np.asarray(fe.window, dtype=np.float64)
         self.register_buffer("dft", torch.from_numpy(dft_matrix(window)).float()[:, None, :])
-        self.register_buffer("mel", torch.from_numpy(np.asarray(filters).T.copy()).float()[:, :, None])
+        self.register_buffer("mel", torch.from_numpy(filters.T.copy()).float()[:, :, None])
         self.bins = FFT // 2 + 1
 
     def forward(self, waveform: torch.Tensor, samples: torch.Tensor):

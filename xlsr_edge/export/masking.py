@@ -133,6 +133,36 @@ def squeeze_tail_mask(hidden: torch.Tensor, lengths: FrameLengths, squeeze: int)
 
 
 @contextmanager
+def bool_mask_index_put(opset: int) -> Iterator[None]:
+    """`x[mask] = v` with a mask of lower rank than x (transformers 4.x: `hidden_states[~attention_mask] = 0`
+    in the Conformer, WavLM and SEW encoders) exports as a Where that broadcasts [batch, frames] against
+    [batch, frames, channels], which onnxruntime refuses at run time. While exporting, such an index_put becomes
+    Where(Unsqueeze(mask), v, x); every other index_put keeps torch's own translation."""
+    from torch.onnx import symbolic_helper, symbolic_opset11
+
+    def index_put(g, self, indices_list_value, values, accumulate=False):
+        if symbolic_helper._is_packed_list(indices_list_value):
+            indices = symbolic_helper._unpack_list(indices_list_value)
+            ranks = [symbolic_helper._get_tensor_rank(t) for t in (self, *indices)]
+            if (
+                len(indices) == 1
+                and symbolic_helper._is_bool(indices[0])
+                and None not in ranks
+                and ranks[1] < ranks[0]
+                and not symbolic_helper._maybe_get_const(accumulate, "b")
+            ):
+                axes = g.op("Constant", value_t=torch.tensor(list(range(ranks[1], ranks[0]))))
+                return g.op("Where", g.op("Unsqueeze", indices[0], axes), values, self)
+        return symbolic_opset11.index_put(g, self, indices_list_value, values, accumulate)
+
+    torch.onnx.register_custom_op_symbolic("aten::index_put", index_put, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::index_put", opset)
+
+
+@contextmanager
 def padding_fixes(
     model: nn.Module, family: Family, lengths: FrameLengths, *, uses_mask: bool, group_norm: bool
 ) -> Iterator[None]:

@@ -25,7 +25,7 @@ from xlsr_edge.errors import ExportError
 from xlsr_edge.export.adapters import AdapterInput, adapters_from_input, flat_adapter
 from xlsr_edge.export.families import Family, Stages, family_of
 from xlsr_edge.export.fbank import FbankFrontEnd
-from xlsr_edge.export.masking import FrameLengths, padding_fixes, squeeze_tail_mask
+from xlsr_edge.export.masking import FrameLengths, bool_mask_index_put, padding_fixes, squeeze_tail_mask
 
 
 def fold_weight_norm(model: nn.Module) -> int:
@@ -189,7 +189,7 @@ def export_onnx(
     if info.uses_attention_mask:
         axes[ATTENTION_MASK] = {0: "batch", 1: "samples"}
     try:
-        with torch.no_grad(), fixes, adapters, warnings.catch_warnings():
+        with torch.no_grad(), fixes, adapters, bool_mask_index_put(opset), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
             torch.onnx.export(
                 wrapper,

@@ -58,10 +58,12 @@ def _seamless_features(model, info: ModelInfo, arrays: list[np.ndarray], batched
         k: settings[k] for k in ("feature_size", "num_mel_bins", "padding_value", "stride") if k in settings
     }
     fe = transformers.SeamlessM4TFeatureExtractor(sampling_rate=info.sample_rate, **kwargs)
-    # alone: no padding frame at all (the default pads odd frame counts to even, then masks that frame)
-    extra = {} if batched else {"pad_to_multiple_of": None}
-    out = fe(arrays if batched else arrays[0], sampling_rate=info.sample_rate, return_tensors="pt", **extra)
-    return out["input_features"], out["attention_mask"]
+    out = fe(arrays if batched else arrays[0], sampling_rate=info.sample_rate, return_tensors="pt")
+    features, mask = out["input_features"], out["attention_mask"]
+    if not batched:  # alone: without the masked frame that pads odd frame counts (the adapters would see it)
+        n = int(mask.sum())
+        features, mask = features[:, :n], mask[:, :n]
+    return features, mask
 
 
 def torch_logits(model, info: ModelInfo, arrays: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
