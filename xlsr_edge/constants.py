@@ -14,7 +14,8 @@ ATTENTION_MASK = "attention_mask"
 OUTPUT_LOGITS = "logits"
 OUTPUT_LENGTHS = "logit_lengths"
 OUTPUT_HIDDEN = "hidden_states"  # multi-language backbones: per-language heads are applied in numpy
-ADAPTER_WEIGHTS = "adapter_weights"  # MMS multi backbones: the language's attention-adapter weights, flattened
+# MMS multi backbones: the language's attention-adapter weights, flattened, as a graph input
+ADAPTER_WEIGHTS = "adapter_weights"
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
