@@ -150,22 +150,17 @@ class WorkerConfig:
     recognizer_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
+# What a worker returns per input: the output rows' fields the Recognizer decides (the driver adds the rest).
+WORKER_FIELDS = ("id", "text", "words", "duration", "error", "decoder", "language", "language_confidence")
+
+
 def result_schema():
     import pyarrow as pa
 
-    word = pa.struct([("word", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("text", pa.string()),
-            ("words", pa.list_(word)),
-            ("duration", pa.float64()),
-            ("error", pa.string()),
-            ("decoder", pa.string()),
-            ("language", pa.string()),
-            ("language_confidence", pa.float64()),
-        ]
-    )
+    from xlsr_edge.scale.output import output_schema
+
+    schema = output_schema()
+    return pa.schema([schema.field(n) for n in WORKER_FIELDS])
 
 
 def utf8(text: str | None) -> str | None:
