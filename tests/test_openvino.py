@@ -192,14 +192,15 @@ def test_padded_batch_logits_equal_onnxruntime(runners, speech_dir):
 
 
 @needs_openvino
-def test_transcripts_equal_onnxruntime(tiny_bundle, speech_dir):
+def test_transcripts_equal_onnxruntime(tiny_bundle, speech_dir, tmp_path):
     from xlsr_edge.runtime import Recognizer, TranscribeOptions
 
     files = sorted(str(p) for p in speech_dir.glob("*.wav"))
     opts = TranscribeOptions(batch_size=4)  # padded batches
     with Recognizer.from_bundle(tiny_bundle, threads=1) as rec:
         ref = [t.text for t in rec.transcribe(files, opts)]
-    with Recognizer.from_bundle(tiny_bundle, backend="openvino", threads=1, precision_hint="f32") as rec:
+    ov = {"backend": "openvino", "threads": 1, "precision_hint": "f32", "cache_dir": tmp_path}
+    with Recognizer.from_bundle(tiny_bundle, **ov) as rec:
         assert rec.runner.name == "openvino" and rec.runner.actual_precision() == "f32"
         got = [t.text for t in rec.transcribe(files, opts)]
     assert got == ref and any(ref)
@@ -288,6 +289,8 @@ def test_bench_runs_each_bundle_on_each_backend_and_reports_the_isa(tiny_bundle,
             "ort,ov",
             "--precision-hint",
             "f32",
+            "--cache-dir",
+            str(tmp_path / "ov-cache"),
             "--seconds",
             "1",
             "--batch",
