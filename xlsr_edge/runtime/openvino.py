@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from xlsr_edge.constants import ATTENTION_MASK, INPUT_VALUES, OUTPUT_LENGTHS
+from xlsr_edge.constants import ATTENTION_MASK, OUTPUT_LENGTHS
 from xlsr_edge.errors import XlsrEdgeError, require
-from xlsr_edge.runtime.runners import Runner, register_backend
+from xlsr_edge.runtime.runners import Runner, graph_feeds, register_backend
 
 OPENVINO_EXTRA = "openvino"
 PRECISION_HINTS = ("auto", "bf16", "f32", "f16")
@@ -180,11 +180,7 @@ class OpenVinoRunner(Runner):
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.request is None:
             self.activate()
-        feeds = {INPUT_VALUES: np.ascontiguousarray(input_values, dtype=np.float32)}
-        if self.uses_mask:
-            if attention_mask is None:
-                attention_mask = np.ones(input_values.shape, dtype=np.int64)
-            feeds[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        feeds = graph_feeds(input_values, attention_mask, self.uses_mask)
         # share_outputs=False: the arrays are copies, not views of buffers the next call overwrites
         with self._lock:
             result = self.request.infer(feeds, share_inputs=True, share_outputs=False)

@@ -12,6 +12,18 @@ from xlsr_edge.constants import ADAPTER_WEIGHTS, ATTENTION_MASK, INPUT_VALUES, O
 from xlsr_edge.errors import XlsrEdgeError
 
 
+def graph_feeds(
+    input_values: np.ndarray, attention_mask: np.ndarray | None, uses_mask: bool
+) -> dict[str, np.ndarray]:
+    """The graph's inputs, as every backend feeds them: float32 samples (+ an int64 mask, all ones if none given)."""
+    feeds = {INPUT_VALUES: np.ascontiguousarray(input_values, dtype=np.float32)}
+    if uses_mask:
+        if attention_mask is None:
+            attention_mask = np.ones(input_values.shape, dtype=np.int64)
+        feeds[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
+    return feeds
+
+
 class Runner(ABC):
     """Runs a bundle's graph: float32 [batch, samples] (+ int64 mask) -> logits [batch, frames, vocab], lengths."""
 
@@ -144,11 +156,7 @@ class OnnxRuntimeRunner(Runner):
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.session is None:
             self.activate()
-        feeds = {INPUT_VALUES: np.ascontiguousarray(input_values, dtype=np.float32)}
-        if self.uses_mask:
-            if attention_mask is None:
-                attention_mask = np.ones(input_values.shape, dtype=np.int64)
-            feeds[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        feeds = graph_feeds(input_values, attention_mask, self.uses_mask)
         if self.needs_adapter:
             if self.adapter_weights is None:
                 raise XlsrEdgeError(
