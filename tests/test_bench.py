@@ -65,6 +65,63 @@ def test_bench_two_bundles_one_row_per_bundle_batch_length(tiny_bundle, tmp_path
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
 
+def test_bench_without_matplotlib_keeps_the_figures(tiny_bundle, tmp_path, capsys, monkeypatch):
+    """issue 25: `bench` on a machine without matplotlib ran every timing and then died for the plot."""
+    import builtins
+    import importlib
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    real_import_module = importlib.import_module
+
+    def no_matplotlib_module(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import_module(name, *args, **kwargs)
+
+    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(importlib, "import_module", no_matplotlib_module)
+    out = tmp_path / "out"
+    argv = ["bench", str(tiny_bundle), "--seconds", "1", "--batch", "1", "--threads", "1", "--repeat", "2"]
+    assert main([*argv, "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "results.png will be skipped" in captured.err  # said before the work
+    assert "results.png skipped" in captured.err
+    assert (out / "results.json").is_file() and (out / "results.md").is_file()
+    assert not (out / "results.png").exists() and "results.png" not in captured.out
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert len(data["rows"]) == 1 and data["rows"][0]["audio_s_per_s"] > 0
+    # provenance: commit (None outside a checkout), command, machine, load before/after
+    prov = data["provenance"]
+    assert {"git_commit", "git_dirty", "command", "machine", "loadavg_before", "loadavg_after"} <= set(prov)
+    assert {"arch", "cpu", "instruction_sets", "logical_cpus", "usable_cpus"} <= set(prov["machine"])
+    check = data["load_during_rounds"][0]["baseline_check"]
+    assert isinstance(check["sane"], bool) and data["baseline_sane"] == check["sane"]
+
+
+def test_baseline_check_flags_spread_and_load():
+    from xlsr_edge.measure.sysinfo import baseline_check
+
+    assert baseline_check(
+        [1.0, 1.1, 1.05], loadavg_before=[0.5, 0, 0], loadavg_after=[2.5, 0, 0], own_threads=2, cores=2
+    )["sane"]
+    spread = baseline_check([1.0, 2.4, 1.1], cores=2)
+    assert not spread["sane"] and "spread 2.40x" in spread["flags"][0]
+    busy = baseline_check([1.0, 1.0], loadavg_before=[5.1, 4, 3], cores=2)
+    assert not busy["sane"] and "5.10 before the rounds > 2" in busy["flags"][0]
+    late = baseline_check(
+        [1.0, 1.0], loadavg_before=[1.0, 1, 1], loadavg_after=[6.0, 3, 2], own_threads=1, cores=2
+    )
+    assert not late["sane"] and "after the rounds" in late["flags"][0]
+
+
 def test_bench_torch_baseline(tiny_ckpt, tiny_bundle, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"

@@ -37,7 +37,8 @@ XEON_ICX = {"avx2", "avx512f", "avx512_vnni"}  # Ice Lake: VNNI but no bf16
         (XEON_ICX, "f32"),
         ({"avx2", "fma"}, "f32"),
         (set(), "f32"),
-        ({"fp", "asimd", "asimddp", "fphp"}, "f32"),  # ARM (Jetson): f32
+        ({"fp", "asimd", "asimddp", "fphp", "asimdhp"}, "f16"),  # ARM with fp16 arithmetic (Jetson Orin)
+        ({"fp", "asimd", "crc32"}, "f32"),  # ARM without it (Cortex-A72, Raspberry Pi 4)
     ],
 )
 def test_precision_hint_follows_the_cpu_flags(flags, hint):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from xlsr_edge.commands.common import add_backend_argument, check_at_least_one, runner_options
@@ -25,10 +26,16 @@ def _list(kind: type, flag: str):
     return parse
 
 
+def _from_cli() -> bool:
+    """sys.argv is this command line (the console script or `python -m xlsr_edge bench`), not a test runner's."""
+    return len(sys.argv) > 1 and sys.argv[1] == "bench"
+
+
 def _bench(args: argparse.Namespace) -> int:
     from xlsr_edge.measure.bench import (
         BenchConfig,
         check_results_folder,
+        plot_available,
         results_markdown,
         run_bench,
         write_results,
@@ -52,7 +59,13 @@ def _bench(args: argparse.Namespace) -> int:
         runner_options=runner_options(args),
     )
     check_results_folder(args.output)  # before the runs: never lose someone's files at the end
-    results = run_bench(config)
+    no_plot = plot_available()  # before the runs too: a missing plotting library never costs the timings
+    if no_plot:
+        print(
+            f"note: results.png will be skipped ({no_plot}); the figures are written all the same",
+            file=sys.stderr,
+        )
+    results = run_bench(config, command=["xlsr-edge", *sys.argv[1:]] if _from_cli() else None)
     written = write_results(results, args.output)
     print(results_markdown(results))
     for p in written:

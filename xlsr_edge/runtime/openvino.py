@@ -5,7 +5,8 @@ the Q/DQ MatMuls into int8 kernels) and compiles it for the CPU. It is fed ``inp
 exactly like onnxruntime, so a padded batch gives the same transcripts as each clip alone.
 
 * Inference precision hint (the precision of everything that is not int8): ``bf16`` where the CPU has
-  AMX-BF16 or AVX512-BF16, ``f32`` elsewhere (``choose_precision_hint``, a pure function of the CPU flags);
+  AMX-BF16 or AVX512-BF16, ``f16`` on ARM with fp16 arithmetic (``fphp``/``asimdhp``), ``f32`` elsewhere
+  (``choose_precision_hint``, a pure function of the CPU flags of ``xlsr_edge.runtime.cpu``);
   ``precision_hint="f32"`` (``--precision-hint f32``) forces full precision.
 * Threads: ``INFERENCE_NUM_THREADS``; one stream and the latency hint (one request at a time, all threads on it);
   threads are not pinned to cores (``ENABLE_CPU_PINNING`` off: on a machine that also runs other work, decoding
@@ -30,54 +31,26 @@ import numpy as np
 
 from xlsr_edge.constants import ATTENTION_MASK, OUTPUT_LENGTHS
 from xlsr_edge.errors import XlsrEdgeError, require
+from xlsr_edge.runtime.cpu import (  # noqa: F401  (cpu_flags, instruction_sets: imported from here before)
+    ARM_FP16_FLAGS,
+    BF16_FLAGS,
+    cpu_flags,
+    instruction_sets,
+)
 from xlsr_edge.runtime.runners import Runner, graph_feeds, register_backend
 
 OPENVINO_EXTRA = "openvino"
 PRECISION_HINTS = ("auto", "bf16", "f32", "f16")
-# /proc/cpuinfo flags with native bf16 arithmetic (AMX tiles, or AVX512 dot products)
-BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-# What `bench` and benchmarks/precision.py report: name -> /proc/cpuinfo flag
-INSTRUCTION_SETS = {
-    "AVX2": "avx2",
-    "AVX512F": "avx512f",
-    "AVX-VNNI": "avx_vnni",
-    "AVX512-VNNI": "avx512_vnni",
-    "AVX512-BF16": "avx512_bf16",
-    "AVX512-FP16": "avx512_fp16",
-    "AMX-INT8": "amx_int8",
-    "AMX-BF16": "amx_bf16",
-    "AMX-FP16": "amx_fp16",
-}
-
-
-# -- the CPU ------------------------------------------------------------------------------------------------
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """The first processor's feature flags (x86 ``flags``, ARM ``Features``); empty where unreadable."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("flags", "features"):
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def instruction_sets(flags: Iterable[str] | None = None) -> dict[str, bool]:
-    """{"AVX512-VNNI": True, "AVX512-BF16": True, "AMX-BF16": False, ...} for the given (default: this) CPU."""
-    have = cpu_flags() if flags is None else frozenset(flags)
-    return {name: flag in have for name, flag in INSTRUCTION_SETS.items()}
 
 
 def choose_precision_hint(flags: Iterable[str]) -> str:
-    """bf16 where the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16), f32 elsewhere.
-
-    (OpenVINO's own default is the same on x86; ARM's f16 default is not taken: f32 is the safe choice there.)
-    """
-    return "bf16" if BF16_FLAGS & frozenset(flags) else "f32"
+    """bf16 where an x86 CPU computes bf16 natively (AMX-BF16 or AVX512-BF16); f16 where an ARM CPU has fp16
+    arithmetic (``fphp``/``asimdhp``: OpenVINO's ARM plugin runs f16 best there, its own default); f32 elsewhere.
+    The flags come from ``xlsr_edge.runtime.cpu`` (one cpuinfo parser for the runtime and the benchmarks)."""
+    have = frozenset(flags)
+    if BF16_FLAGS & have:
+        return "bf16"
+    return "f16" if ARM_FP16_FLAGS & have else "f32"
 
 
 def resolve_precision_hint(hint: str | None, flags: Iterable[str] | None = None) -> str:
