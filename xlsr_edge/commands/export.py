@@ -17,7 +17,7 @@ from xlsr_edge.constants import (
     PRECISION_MAX_CER_DELTA,
     PRECISION_MIN_FRAME_AGREEMENT,
 )
-from xlsr_edge.errors import XlsrEdgeError
+from xlsr_edge.errors import XlsrEdgeError, require
 from xlsr_edge.precision.options import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
@@ -201,7 +201,17 @@ def _export_multi(args: argparse.Namespace, options) -> int:
     return EXIT_OK
 
 
+def require_export_extra() -> None:
+    """Exporting needs PyTorch, transformers and onnx (the [export] extra, which a plain `pip install xlsr-edge`
+    leaves out): one `error:` line naming the extra, not an import traceback."""
+    for module in ("torch", "transformers", "onnx"):
+        require(
+            module, "export", "export-xlsr converts PyTorch checkpoints; running bundles needs none of it"
+        )
+
+
 def _export(args: argparse.Namespace) -> int:
+    require_export_extra()
     from xlsr_edge.export import ExportOptions, export_bundle
     from xlsr_edge.export.parity import ParityThresholds
 

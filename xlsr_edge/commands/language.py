@@ -9,6 +9,9 @@ from xlsr_edge.constants import EXIT_OK
 
 
 def _add_language(args: argparse.Namespace) -> int:
+    from xlsr_edge.commands.export import require_export_extra
+
+    require_export_extra()
     from xlsr_edge.export import ExportOptions
     from xlsr_edge.export.multi import add_language
 
@@ -28,9 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "add-language", help="add a language head (trained on the bundle's backbone) to a bundle"
     )
-    p.add_argument("bundle", type=Path)
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--language", required=True)
+    p.add_argument("bundle", type=Path, help="a multi-language bundle (export-xlsr --multi)")
+    p.add_argument(
+        "checkpoint", type=Path, help="the new language's checkpoint, trained on the bundle's backbone"
+    )
+    p.add_argument("--language", required=True, help="its language code (the name --language selects)")
     p.add_argument(
         "--lid-data", type=Path, default=None, help="speech of the new language, to retrain language ID"
     )

@@ -178,7 +178,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines with words and timestamps")
     p.add_argument("--language", default=None, help="multi-language bundles: use this head, skip language ID")
     p.add_argument(
-        "--lid-threshold", type=float, default=None, help="multi-language bundles: override the bundle's"
+        "--lid-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="multi-language bundles: the language-ID confidence below which --below-threshold applies "
+        "(default: the threshold bundle.json records)",
     )
     p.add_argument(
         "--below-threshold",

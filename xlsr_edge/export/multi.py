@@ -223,7 +223,7 @@ def export_multi(
     info = ckpts[first].info
     precision_inputs = None
     if options.precision != "fp32":  # a bad --calibration manifest fails before any export work
-        precision_inputs = load_precision_inputs(options, info)
+        precision_inputs = load_precision_inputs(options, info, languages=list(specs))
     stage(f"loading {len(ckpts)} checkpoints ({', '.join(ckpts)})")
     models = {lang: load_model(ck) for lang, ck in ckpts.items()}  # an MMS body once per language
     mms = _mms_mode(models)

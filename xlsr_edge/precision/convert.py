@@ -6,10 +6,13 @@ graph is reproducible from the checkpoint, and the gate's fp32 figures are kept 
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +26,14 @@ if TYPE_CHECKING:  # the quantization modules import onnx/onnxruntime.quantizati
     from xlsr_edge.precision.gate import GateSet
 
 
+logger = logging.getLogger(__name__)
+# Below these, a gate (or calibration) set says little: the shipped clips are 4 Turkish utterances, 9.3 s.
+GATE_MIN_UTTERANCES = 20
+GATE_MIN_SECONDS = 60.0
+# transcript letters the vocabulary cannot write (the shipped clips on an English vocabulary: ~13 %)
+FOREIGN_LETTERS_SHARE = 0.05
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -34,8 +45,9 @@ class PrecisionInputs:
     gate: GateSet
 
 
-def load_precision_inputs(options, info: ModelInfo) -> PrecisionInputs:
-    """Read the manifest, the calibration set (int8) and the gate's utterances, before any export work."""
+def load_precision_inputs(options, info: ModelInfo, languages: Sequence[str] = ()) -> PrecisionInputs:
+    """Read the manifest, the calibration set (int8) and the gate's utterances, before any export work;
+    warn when they are too few or of another language than the model's (``languages``, where known)."""
     from xlsr_edge.data import CLIPS_MANIFEST
     from xlsr_edge.datasets import read_manifest
     from xlsr_edge.precision.calibration_set import load_calibration_set
@@ -48,7 +60,54 @@ def load_precision_inputs(options, info: ModelInfo) -> PrecisionInputs:
     manifest = read_manifest(source)
     used = calib.utterances if calib is not None else []
     gate = select_gate_set(manifest, used, info, options.gate_size, options.seed, str(source))
-    return PrecisionInputs(source=str(source), calibration=calib, gate=gate)
+    inputs = PrecisionInputs(source=str(source), calibration=calib, gate=gate)
+    languages = [*languages, *([options.target_lang] if getattr(options, "target_lang", None) else [])]
+    for message in gate_set_warnings(inputs, info, options.calibration is None, languages):
+        logger.warning("warning: %s", message)
+    return inputs
+
+
+def _is_turkish(language: str) -> bool:
+    return re.split(r"[-_]", language.lower())[0] in ("tr", "tur")
+
+
+def gate_set_warnings(
+    inputs: PrecisionInputs, info: ModelInfo, shipped: bool, languages: Sequence[str] = ()
+) -> list[str]:
+    """Why the accuracy gate's verdict (and int8's ranges) may not hold for this model: too little speech, or
+    speech of another language (``languages``: the model's, where known; else the share of transcript letters
+    its vocabulary cannot write). ``shipped``: the set is the shipped Turkish demo clips (no --calibration)."""
+    uses = "int8 calibration and the gate read it" if inputs.calibration is not None else "the gate reads it"
+    fix = f"give --calibration MANIFEST, transcribed speech in the model's language ({uses})"
+    out = []
+    gate = inputs.gate.describe(info.sample_rate)
+    n, seconds = gate["utterances"], gate["seconds"]
+    what = "the shipped Turkish demo clips" if shipped else inputs.source
+    if n < GATE_MIN_UTTERANCES or seconds < GATE_MIN_SECONDS:
+        calib = inputs.calibration
+        also = (
+            f" and int8 calibration on {len(calib.utterances)} ({calib.seconds(info.sample_rate):.1f} s)"
+            if calib is not None
+            else ""
+        )
+        out.append(
+            f"the accuracy gate decodes {n} utterances ({seconds:.1f} s) of {what}{also}: too few to show a "
+            f"real accuracy loss (want >= {GATE_MIN_UTTERANCES} utterances, >= {GATE_MIN_SECONDS:g} s); {fix}"
+        )
+    foreign = [lang for lang in languages if not _is_turkish(lang)]
+    if shipped and foreign:
+        out.append(f"the shipped demo clips are Turkish, not {'/'.join(foreign)} like the model: {fix}")
+        return out
+    writable = {c for token in info.vocab for c in token.lower()}
+    letters = [c for u in inputs.gate.utterances for c in (u.text or "").lower() if c.isalpha()]
+    missing = [c for c in letters if c not in writable]
+    if letters and len(missing) / len(letters) > FOREIGN_LETTERS_SHARE:
+        examples = " ".join(sorted(set(missing))[:6])
+        out.append(
+            f"{len(missing) / len(letters):.0%} of the letters in the transcripts of {what} are not in the "
+            f"model's vocabulary ({examples}): another language than the model's? {fix}"
+        )
+    return out
 
 
 def convert_precision(

@@ -21,6 +21,7 @@ from xlsr_edge.precision.graph import (
     iter_graph_files,
     ort_quantization,
     preprocess,
+    prune_unused,
     quiet,
     save_graph,
 )
@@ -64,15 +65,14 @@ def quantize_int8_dynamic(
                 )
         except Exception as exc:
             raise ExportError(f"onnxruntime dynamic quantization failed: {exc}") from exc
-        attention = 0
-        if fused_attention:
-            model = onnx.load(str(dst))
-            attention = fuse_attention(model)
-            if attention:
-                for f in iter_graph_files(dst):
-                    f.unlink()
-                save_graph(model, dst)
-            del model
+        model = onnx.load(str(dst))
+        attention = fuse_attention(model) if fused_attention else 0
+        # what the quantizer left unread: onnxruntime would warn about each initializer on every load
+        if attention or prune_unused(model.graph):
+            for f in iter_graph_files(dst):
+                f.unlink()
+            save_graph(model, dst)
+        del model
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {

@@ -5,6 +5,7 @@
 * ``fuse_parallel_matmuls``: the q/k/v projections become one MatMul (+ bias Add) + Split, so one bigger int8
   GEMM runs and onnxruntime can fuse the static Q/DQ MatMuls into MatMulIntegerToFloat;
 * ``shapes_read_float``: Shape nodes read the float tensor, not its DequantizeLinear (same reason);
+* ``prune_unused``: nodes and initializers nothing reads are dropped (onnxruntime warns about each on load);
 * ``fuse_attention``: each layer's score/softmax/context subgraph becomes one onnxruntime ``MultiHeadAttention``
   (com.microsoft) with the padding mask kept as its ``attention_bias`` (int8-dynamic, the onnxruntime format);
 * ``preprocess``: onnxruntime's ``quant_pre_process`` followed by the fusion;
@@ -197,11 +198,37 @@ def fuse_parallel_matmuls(model) -> int:
         out.extend(replace[i] if i in replace else [node])
     del graph.node[:]
     graph.node.extend(out)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    prune_unused(graph)
     return fused
+
+
+def _reads(node) -> Iterator[str]:
+    """Every tensor name a node reads, also from inside its subgraphs (If/Loop bodies read outer names)."""
+    yield from node.input
+    for a in node.attribute:
+        for g in [a.g] if a.HasField("g") else list(a.graphs):
+            for inner in g.node:
+                yield from _reads(inner)
+
+
+def prune_unused(graph) -> int:
+    """Drop nodes whose outputs nothing reads and initializers no node reads (left behind by the fusions and
+    the quantizer). onnxruntime removes them itself on every load, with a warning per initializer on stderr
+    ("CleanUnusedInitializersAndNodeArgs ... Removing initializer"). Returns how many entries were removed."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):  # a topologically sorted graph: readers come after what they read
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(_reads(node))
+    inits = [t for t in graph.initializer if t.name in needed]
+    removed = len(graph.node) - len(keep) + len(graph.initializer) - len(inits)
+    if removed:
+        del graph.node[:]
+        graph.node.extend(reversed(keep))
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+    return removed
 
 
 def _const_array(name: str, inits: dict, producers: dict):
@@ -341,6 +368,7 @@ def fuse_attention(model) -> int:
     nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in removed]
     del graph.node[:]
     graph.node.extend(nodes)
+    prune_unused(graph)  # the scale constants and Reshape targets of the fused cores
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(fused)
