@@ -269,3 +269,36 @@ def test_checker_flags_runtime_reaching_for_export_even_inside_a_function(tmp_pa
     found = layering_violations(edges)
     assert any("xlsr_edge.runtime.x" in v and "xlsr_edge.export.pipeline" in v for v in found)
     assert any("xlsr_edge.precision.y" in v and "xlsr_edge.export.z" in v for v in found)
+
+
+# -- size: modules <= 600 lines, functions <= 120 lines (issue 22) -----------------------------------------------
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 120
+
+
+def oversized(root: Path) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions (methods, nested ones) over MAX_FUNCTION_LINES."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(root.parent)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            out.append(f"{rel}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    out.append(f"{rel}:{node.lineno} {node.name}(): {n} lines")
+    return out
+
+
+def test_no_module_over_600_lines_and_no_function_over_120() -> None:
+    assert oversized(PACKAGE) == []
+
+
+def test_size_checker_can_fail(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    pkg = _write(tmp_path, {"__init__.py": "", "big.py": f"def f():\n{body}\n", "long.py": "x = 1\n" * 601})
+    found = oversized(pkg)
+    assert any("big.py:1 f()" in v for v in found) and any("long.py: 601 lines" in v for v in found)

@@ -66,6 +66,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         default=PARITY_MIN_ARGMAX_AGREEMENT,
         help="gate: frame argmax agreement",
     )
+    _add_precision_arguments(ap)
+    ap.add_argument(
+        "--engine", choices=["onnx", "trt"], default="onnx", help="trt: also build a TensorRT engine"
+    )
+    add_engine_arguments(ap)
+    _add_multi_arguments(ap)
+    ap.set_defaults(fn=_export)
+
+
+def _add_precision_arguments(ap: argparse.ArgumentParser) -> None:
+    """--precision and its calibration / accuracy-gate options."""
     q = ap.add_argument_group("precision (fp16 / int8 bundles with an accuracy gate against fp32)")
     q.add_argument(
         "--precision",
@@ -131,10 +142,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "(CNN layers 1-6 exported as MatMuls: faster on CPU), Conv (ConvInteger: slow, not recommended)",
     )
     q.add_argument("--seed", type=int, default=0, help="calibration/gate utterance selection")
-    ap.add_argument(
-        "--engine", choices=["onnx", "trt"], default="onnx", help="trt: also build a TensorRT engine"
-    )
-    add_engine_arguments(ap)
+
+
+def _add_multi_arguments(ap: argparse.ArgumentParser) -> None:
+    """--multi: one frozen backbone with a head per language, and language ID."""
     m = ap.add_argument_group("multi-language (one backbone, a head per language)")
     m.add_argument("--multi", nargs="+", metavar="LANG=CKPT", help="checkpoints sharing one frozen backbone")
     m.add_argument(
@@ -154,7 +165,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         default="all",
         help="all: run every head and keep the most confident; unknown: answer language 'unknown'",
     )
-    ap.set_defaults(fn=_export)
 
 
 def _threshold(value: str) -> float | None:

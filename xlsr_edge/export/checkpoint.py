@@ -383,6 +383,41 @@ def _mms_adapter(folder: Path, config: dict, target_lang: str | None) -> Path | 
     return None  # a fine-tuned MMS checkpoint: its one language's adapters are in the model weights
 
 
+def _check_files(folder: Path, allow_pickle: bool) -> bool:
+    """The folder, its config.json and its weights exist (pickle only with allow_pickle); True for safetensors."""
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} has no config.json: is it a Hugging Face checkpoint folder?")
+    has_st = any((folder / f).is_file() for f in SAFETENSORS_FILES)
+    has_pickle = any((folder / f).is_file() for f in PICKLE_FILES)
+    if not has_st and not has_pickle:
+        raise CheckpointError(f"{folder} has no model weights (model.safetensors or pytorch_model.bin)")
+    if not has_st and not allow_pickle:
+        raise CheckpointError(
+            f"{folder} holds only pickle weights (pytorch_model.bin), which can run code when loaded; "
+            "convert it to safetensors or pass --allow-pickle if you trust its source"
+        )
+    return has_st
+
+
+def _load_tokenizer(folder: Path, target_lang: str | None):
+    """The checkpoint's CTC tokenizer (for `target_lang` of an MMS checkpoint); its tokens must be NFC."""
+    transformers = require("transformers", "export")
+    try:
+        tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(
+            str(folder), local_files_only=True, target_lang=target_lang
+        )
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"cannot load the CTC tokenizer from {folder}: {exc}") from exc
+    not_nfc = [t for t in _vocab_in_id_order(tokenizer) if not unicodedata.is_normalized("NFC", t)]
+    if not_nfc:
+        raise CheckpointError(
+            f"vocabulary tokens are not NFC-normalized: {not_nfc[:5]!r}; normalize vocab.json and the training text"
+        )
+    return tokenizer
+
+
 def inspect_checkpoint(
     folder: str | Path,
     *,
@@ -397,20 +432,8 @@ def inspect_checkpoint(
     folder = resolve_checkpoint(folder, (wanted,) if wanted else ())
     if target_lang is None and language_hint is not None and _vocab_languages(folder) is not None:
         target_lang = language_hint
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    has_st = _check_files(folder, allow_pickle)
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{folder} has no config.json: is it a Hugging Face checkpoint folder?")
-    has_st = any((folder / f).is_file() for f in SAFETENSORS_FILES)
-    has_pickle = any((folder / f).is_file() for f in PICKLE_FILES)
-    if not has_st and not has_pickle:
-        raise CheckpointError(f"{folder} has no model weights (model.safetensors or pytorch_model.bin)")
-    if not has_st and not allow_pickle:
-        raise CheckpointError(
-            f"{folder} holds only pickle weights (pytorch_model.bin), which can run code when loaded; "
-            "convert it to safetensors or pass --allow-pickle if you trust its source"
-        )
     config = _read_json(config_path)
     family = family_of(config, str(folder))
     pre = _feature_extractor_config(folder)
@@ -419,19 +442,8 @@ def inspect_checkpoint(
     _check_weights(folder, has_st)
     adapter_file = _mms_adapter(folder, config, target_lang)
 
-    transformers = require("transformers", "export")
-    try:
-        tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(
-            str(folder), local_files_only=True, target_lang=target_lang
-        )
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"cannot load the CTC tokenizer from {folder}: {exc}") from exc
+    tokenizer = _load_tokenizer(folder, target_lang)
     vocab = _vocab_in_id_order(tokenizer)
-    not_nfc = [t for t in vocab if not unicodedata.is_normalized("NFC", t)]
-    if not_nfc:
-        raise CheckpointError(
-            f"vocabulary tokens are not NFC-normalized: {not_nfc[:5]!r}; normalize vocab.json and the training text"
-        )
     lm_head_size = _setting(
         config_path, config, "vocab_size", None, lambda v: _is_int(v) and v > 0, "a positive integer"
     )
@@ -458,21 +470,9 @@ def inspect_checkpoint(
             '"group" or "layer"',
         )
     pre_path = folder / "preprocessor_config.json"  # or processor_config.json's feature_extractor part
-    conv_kernel = _setting(
-        config_path,
-        config,
-        "conv_kernel",
-        [10, 3, 3, 3, 3, 2, 2],
-        _positive_ints,
-        "a list of positive integers",
-    )
-    conv_stride = _setting(
-        config_path,
-        config,
-        "conv_stride",
-        [5, 2, 2, 2, 2, 2, 2],
-        _positive_ints,
-        "a list of positive integers",
+    conv_kernel, conv_stride = (
+        _setting(config_path, config, key, default, _positive_ints, "a list of positive integers")
+        for key, default in (("conv_kernel", [10, 3, 3, 3, 3, 2, 2]), ("conv_stride", [5, 2, 2, 2, 2, 2, 2]))
     )
     if len(conv_kernel) != len(conv_stride):
         raise CheckpointError(f'{config_path}: "conv_kernel" and "conv_stride" must have the same length')
