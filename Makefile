@@ -16,7 +16,7 @@ apt:
 	$(SUDO) apt-get update -qq
 	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv espeak-ng sox libsndfile1 cmake \
 		build-essential libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
-		zlib1g-dev libbz2-dev liblzma-dev >/dev/null
+		zlib1g-dev libbz2-dev liblzma-dev chromium chromium-driver >/dev/null
 
 venv: $(PY)
 
