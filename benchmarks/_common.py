@@ -23,12 +23,22 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from xlsr_edge.measure.bench_report import Column, markdown_table, plot_bars, write_json
-from xlsr_edge.measure.sysinfo import Run, baseline_check, environment, isa_summary, machine, start_run
-from xlsr_edge.measure.timing import interleave, mib, peak_rss_bytes, summarize
-from xlsr_edge.runtime.cpu import read_cpuinfo
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # a checkout without `pip install -e .`: the package next to this folder
+    sys.path.insert(0, str(REPO))
+
+from xlsr_edge.measure.bench_report import Column, markdown_table, plot_bars, write_json  # noqa: E402
+from xlsr_edge.measure.sysinfo import (  # noqa: E402
+    Run,
+    baseline_check,
+    environment,
+    isa_summary,
+    loadavg,
+    machine,
+    start_run,
+)
+from xlsr_edge.measure.timing import interleave, mib, peak_rss_bytes, summarize  # noqa: E402
+from xlsr_edge.runtime.cpu import read_cpuinfo  # noqa: E402
 
 __all__ = [
     "REPO",
@@ -39,6 +49,7 @@ __all__ = [
     "environment",
     "interleave",
     "isa_summary",
+    "loadavg",
     "logger",
     "machine",
     "markdown_table",

@@ -33,8 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import REPO, machine, start, write_results
 
 # (row name, family, build_checkpoint overrides on top of the family's default (base) configuration)
 CASES = [
@@ -275,6 +274,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-mms", action="store_true")
     args = ap.parse_args()
+    run = start()
 
     import onnxruntime
     import torch
@@ -283,7 +283,7 @@ def main() -> None:
     meta = {
         "seconds": args.seconds,
         "runs": args.runs,
-        "cpu": f"{os.cpu_count()} CPU cores ({_cpu_name()})",
+        "cpu": f"{os.cpu_count()} CPU cores ({machine()['cpu']})",
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -305,22 +305,9 @@ def main() -> None:
         rows = [r for r in before["families"] if r["name"] not in ran] + rows
         rows.sort(key=lambda r: [c[0] for c in CASES].index(r["name"]))
         mms = mms or before.get("mms", [])
-    (args.output / "results.json").write_text(
-        json.dumps({"meta": meta, "families": rows, "mms": mms}, indent=2)
-    )
     table = markdown(rows, mms, meta)
-    (args.output / "results.md").write_text(table)
+    write_results(args.output, {"meta": meta, "families": rows, "mms": mms}, run, markdown=table)
     print(table)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import markdown_table, plot_bars, start, write_results
+
 
 def dir_size(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
@@ -26,7 +28,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--layers", type=int, default=24, help="fewer layers for a quick run")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    run = start()
     work = args.work or Path(tempfile.mkdtemp(prefix="xlsr300m-"))
 
     from xlsr_edge.export.tiny import XLSR_300M, build_checkpoint
@@ -56,35 +58,25 @@ def main() -> int:
         "parity_argmax_agreement": meta["parity"]["vs_pytorch"]["argmax_agreement"],
         "parity_passed": meta["parity"]["passed"],
     }
-    table = (
-        "| "
-        + " | ".join(result)
-        + " |\n|"
-        + "---|" * len(result)
-        + "\n| "
-        + " | ".join(map(str, result.values()))
-        + " |"
-    )
+    table = markdown_table([result], [(k, k) for k in result])
     print(json.dumps(result, indent=2))
     print(table)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "results.md").write_text(table + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.bar(
-            ["export s", "peak RSS GB", "bundle GB"],
-            [result["export_seconds"], result["peak_rss_gb"], result["bundle_mb"] / 1000],
+    bars = [
+        {"what": "export s", "value": result["export_seconds"]},
+        {"what": "peak RSS GB", "value": result["peak_rss_gb"]},
+        {"what": "bundle GB", "value": result["bundle_mb"] / 1000},
+    ]
+    plot = [
+        lambda: plot_bars(
+            bars,
+            args.out / "results.png",
+            value="value",
+            group=lambda r: r["what"],
+            series=lambda r: "export-xlsr",
+            title="export-xlsr, XLS-R 300M shape",
         )
-        ax.set_title("export-xlsr, XLS-R 300M shape")
-        fig.tight_layout()
-        fig.savefig(args.out / "results.png", dpi=100)
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
+    ]
+    write_results(args.out, result, run, markdown=table, plots=plot)
     return 0
 
 

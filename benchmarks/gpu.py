@@ -14,18 +14,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import environment, interleave, markdown_table, plot_bars, start, summarize, write_results
 
-from xlsr_edge.measure.bench import (
-    environment,
-    exact_audio,
-    interleave,
-    load_source_audio,
-    markdown_table,
-    plot_bars,
-    summarize,
-    throughput,
-    write_json,
-)
+from xlsr_edge.measure.bench import exact_audio, load_source_audio, throughput
 
 
 def gpu_used_bytes() -> int:
@@ -60,6 +51,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--layers", type=int, default=24)
     args = ap.parse_args()
+    run = start()
     batches = [int(b) for b in args.batch.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="xlsr-gpu-"))
     bundles = make_bundles(work, args.layers)
@@ -133,19 +125,19 @@ def main() -> int:
             ("vs_ort_cuda_fp16", "× ORT CUDA fp16", "{:.2f}"),
         ],
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", results)
-    (args.out / "results.md").write_text(table + "\n")
-    plot_bars(
-        rows,
-        args.out / "results.png",
-        value="audio_s_per_s",
-        group=lambda r: f"batch {r['batch']}",
-        series=lambda r: r["engine"],
-        title="XLS-R 300M shape, 10 s audio",
-        ylabel="audio-s / s",
-        log=True,
-    )
+    plot = [
+        lambda: plot_bars(
+            rows,
+            args.out / "results.png",
+            value="audio_s_per_s",
+            group=lambda r: f"batch {r['batch']}",
+            series=lambda r: r["engine"],
+            title="XLS-R 300M shape, 10 s audio",
+            ylabel="audio-s / s",
+            log=True,
+        )
+    ]
+    write_results(args.out, results, run, markdown=table, plots=plot)
     print(table)
     for r in engines.values():
         r.deactivate()

@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, baseline_check, environment, markdown_table, plot_bars, start, write_results
+
 DEMO = REPO / "models" / "demo-tr"
 DEMO_MANIFEST = DEMO / "test" / "test.jsonl"
 CLI = [sys.executable, "-m", "xlsr_edge"]
@@ -133,8 +134,7 @@ def main() -> int:
     ap.add_argument("--bundle", type=Path, default=None, help="default: export models/demo-tr (fp32)")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
-
-    from xlsr_edge.measure.bench import environment, markdown_table, plot_bars, write_json
+    run = start()
 
     if not DEMO_MANIFEST.is_file():
         raise SystemExit(f"needs the demo model's test set: {DEMO_MANIFEST}")
@@ -157,6 +157,7 @@ def main() -> int:
         else:
             rows.append(ray(bundle, manifest, work, int(step[-1]), prefix))
         print(json.dumps(rows[-1]), file=sys.stderr)
+    loads.append(round(os.getloadavg()[0], 2))
     by = {r["run"]: r for r in rows}
     base, r1, r2 = by["plain, 1 thread"], by["ray, 1 worker"], by["ray, 2 workers"]
     for r in rows:
@@ -167,6 +168,13 @@ def main() -> int:
         "ray1_vs_plain1_steady": r1["steady_audio_h_per_h"] / base["steady_audio_h_per_h"],
         "ray2_vs_ray1_steady": r2["steady_audio_h_per_h"] / r1["steady_audio_h_per_h"],
     }
+    # a goal is a ratio to a baseline run (plain 1 thread, then ray 1 worker): judged only when that run was clean
+    checks = {
+        name: baseline_check([], loadavg_before=[loads[i]], loadavg_after=[loads[i + 1]], own_threads=1)
+        for i, name in ((0, "plain, 1 thread"), (1, "ray, 1 worker"))
+    }
+    goal1 = ratios["ray1_vs_plain1"] >= GOAL_RAY1_VS_PLAIN if checks["plain, 1 thread"]["sane"] else None
+    goal2 = ratios["ray2_vs_ray1"] >= GOAL_RAY2_VS_RAY1 if checks["ray, 1 worker"]["sane"] else None
     result = {
         "audio_hours": audio_s / 3600,
         "utterances": n,
@@ -175,11 +183,12 @@ def main() -> int:
         "rows": rows,
         "ratios": ratios,
         "goals": {
-            f"ray-1 >= {GOAL_RAY1_VS_PLAIN}x plain (1 thread)": ratios["ray1_vs_plain1"]
-            >= GOAL_RAY1_VS_PLAIN,
-            f"ray-2 >= {GOAL_RAY2_VS_RAY1}x ray-1": ratios["ray2_vs_ray1"] >= GOAL_RAY2_VS_RAY1,
+            f"ray-1 >= {GOAL_RAY1_VS_PLAIN}x plain (1 thread)": goal1,
+            f"ray-2 >= {GOAL_RAY2_VS_RAY1}x ray-1": goal2,
         },
-        "loadavg_1m_before_each_run": loads,
+        "baseline_checks": checks,
+        "loadavg_1m_before_each_run": loads[:-1],
+        "loadavg_1m_after_last_run": loads[-1],
         "environment": environment(),
     }
     table = markdown_table(
@@ -194,23 +203,26 @@ def main() -> int:
             ("first_result_s", "first result s", "{:.1f}"),
         ],
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", result)
-    (args.out / "results.md").write_text(table + "\n", encoding="utf-8")
+    for name, check in checks.items():
+        if not check["sane"]:
+            table += f"\n\nNo verdict against {name}: its run was not clean ({'; '.join(check['flags'])})."
     long_rows = [
         {"run": r["run"], "metric": label, "value": r[key]}
         for r in rows
         for key, label in (("audio_h_per_h", "end to end"), ("steady_audio_h_per_h", "steady state"))
     ]
-    plot_bars(
-        long_rows,
-        args.out / "results.png",
-        value="value",
-        group=lambda r: r["metric"],
-        series=lambda r: r["run"],
-        title=f"audio hours per hour, {audio_s / 3600:.2f} h of audio, {os.cpu_count()} CPUs",
-        ylabel="audio hours / hour",
-    )
+    plot = [
+        lambda: plot_bars(
+            long_rows,
+            args.out / "results.png",
+            value="value",
+            group=lambda r: r["metric"],
+            series=lambda r: r["run"],
+            title=f"audio hours per hour, {audio_s / 3600:.2f} h of audio, {os.cpu_count()} CPUs",
+            ylabel="audio hours / hour",
+        )
+    ]
+    write_results(args.out, result, run, markdown=table, plots=plot)
     print(json.dumps(result, indent=2))
     print(table)
     return 0

@@ -39,7 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, environment, markdown_table, plot_bars, start, write_results
+
 SAMPLE_RATE = 16000
 
 RUNS = ("source", "scratch", "finetuned", "finetuned+mix", "finetuned+noise")
@@ -492,6 +493,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny corpora, a few steps per run")
     args = ap.parse_args()
+    started = start()
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k, v)
@@ -576,8 +578,6 @@ def main() -> int:
     import torch
     import transformers
 
-    from xlsr_edge.measure.bench import environment, markdown_table, plot_bars, write_json
-
     rows = [
         {
             "run": name,
@@ -606,19 +606,19 @@ def main() -> int:
     res["zero_shot_missing_letters"] = sorted(set(tokens) - set(read_vocab(runs_dir / "source").tokens))
     res["comparisons"] = comparisons(ev, res["zero_shot_missing_letters"])
     table = markdown_table(rows, COLUMNS)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", res)
-    (args.out / "results.md").write_text(markdown(res, table), encoding="utf-8")
-    plot_bars(
-        [{"model": LABELS[m], "test": TESTS[t], "cer": 100 * ev[m][t]["cer"]} for m in RUNS for t in TESTS],
-        args.out / "results.png",
-        value="cer",
-        group=lambda r: r["test"],
-        series=lambda r: r["model"],
-        title=f"Turkish with {corpora['tr_train_subset']['minutes']:.0f} min of speech: CER per test set",
-        ylabel="CER % (lower is better)",
-    )
-    written = [args.out / n for n in ("results.json", "results.md", "results.png")]
+    bars = [{"model": LABELS[m], "test": TESTS[t], "cer": 100 * ev[m][t]["cer"]} for m in RUNS for t in TESTS]
+    plot = [
+        lambda: plot_bars(
+            bars,
+            args.out / "results.png",
+            value="cer",
+            group=lambda r: r["test"],
+            series=lambda r: r["model"],
+            title=f"Turkish with {corpora['tr_train_subset']['minutes']:.0f} min of speech: CER per test set",
+            ylabel="CER % (lower is better)",
+        )
+    ]
+    written = write_results(args.out, res, started, markdown=markdown(res, table), plots=plot, log=log)
     if args.docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
         plot = os.path.relpath(args.out.resolve() / "results.png", args.docs.resolve().parent)
