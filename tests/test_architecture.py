@@ -73,6 +73,7 @@ FORBIDDEN = {
         "xlsr_edge.commands",
     ),
     "xlsr_edge.text": ("xlsr_edge.",),
+    "xlsr_edge.progress": ("xlsr_edge.",),
     "xlsr_edge.constants": ("xlsr_edge.",),
     "xlsr_edge.errors": ("xlsr_edge.",),
 }

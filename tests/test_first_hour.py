@@ -3,8 +3,12 @@ warnings, the README's walkthroughs running as written)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -121,3 +125,93 @@ def test_gate_set_warnings_small_foreign_or_fine():
     assert "not in the model's vocabulary (ç ö ü ğ ı ş)" in foreign
     (named,) = gate_set_warnings(big, TURKISH, shipped=True, languages=["fra"])
     assert "Turkish, not fra like the model" in named
+
+
+# -- 6 and 8: Ray runs say where the start-up time goes, without Ray's alarming core_worker line --------------
+
+RAY_LINE = (
+    "[2026-12-05 16:42:54,091 E 26556 26556] core_worker.cc:2465: Actor with class name: "
+    "'MapWorker(MapBatches(TranscribeWorker))' and ID: '15ba81' has constructor arguments in the object store "
+    "and max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor restart "
+    "will fail. See https://github.com/ray-project/ray/issues/53727 for more details"
+)
+
+
+def test_dropping_stderr_lines_filters_fd_2_and_passes_the_rest():
+    code = (
+        "import os, sys\n"
+        "from xlsr_edge.scale.cluster import RAY_NOISE, dropping_stderr_lines\n"
+        "with dropping_stderr_lines(RAY_NOISE):\n"
+        f"    os.write(2, b'kept 1\\n' + {RAY_LINE.encode()!r} + b'\\n')\n"
+        "    print('kept 2', file=sys.stderr)\n"
+        "    os.write(2, b'[a line in')\n"
+        "    os.write(2, b' two writes]\\nno newline')\n"
+        "print(' after', file=sys.stderr)\n"
+    )
+    done = run_python(code, timeout=60)
+    assert done.returncode == 0
+    assert done.stderr == "kept 1\nkept 2\n[a line in two writes]\nno newline after\n"
+
+
+def test_ray_run_prints_stage_lines_no_core_worker_error_and_a_bad_path_once(tiny_bundle, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"audio_filepath": "missing.flac"}\n', encoding="utf-8")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="xr", dir="/tmp"))  # unix socket paths must stay short
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "xlsr_edge", "transcribe-dataset", str(tiny_bundle), str(bad),
+             "xlsr_edge/data/clips/clips.jsonl", "-o", str(tmp_path / "out"), "--workers", "1",
+             "--ray-temp-dir", str(ray_tmp), "--format", "jsonl"],
+            capture_output=True, text=True, cwd=ROOT, timeout=300,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 1, done.stderr
+    missing = str(tmp_path / "missing.flac")
+    assert f"1 inputs failed (error rows; first: {missing}: no such file)" in done.stderr
+    assert done.stderr.count(missing) == 1
+    rows = [
+        json.loads(line) for f in (tmp_path / "out").glob("*.jsonl") for line in f.read_text().splitlines()
+    ]
+    # each row names a file the user can open from where the command ran
+    assert sorted(r["audio"] for r in rows) == sorted(
+        [missing, *(f"xlsr_edge/data/clips/tr_{i}.flac" for i in range(1, 5))]
+    )
+    assert "core_worker.cc" not in done.stderr and "max_restarts" not in done.stderr
+    stages = [line for line in done.stderr.splitlines() if line.startswith("ray [")]
+    assert [s.split("] ", 1)[1].split(":")[0].split(", ")[0] for s in stages] == [
+        "starting a local Ray cluster on 127.0.0.1",
+        "cluster up",
+        "starting 1 worker (each loads the bundle)",
+        "first results",
+        "stopping Ray",
+        "Ray stopped",
+    ]
+
+
+# -- 10: small things a new user trips over ---------------------------------------------------------------------
+
+
+def test_manifest_rows_print_a_path_that_opens_from_here(tiny_bundle, capsys, monkeypatch):
+    from xlsr_edge.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["transcribe", str(tiny_bundle), "xlsr_edge/data/clips/clips.jsonl"]) == 0
+    labels = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    assert labels == [f"xlsr_edge/data/clips/tr_{i}.flac" for i in range(1, 5)]
+    assert all(Path(label).is_file() for label in labels)
+
+
+def test_every_option_help_is_a_whole_sentence():
+    """No help text cut off mid-phrase (the transcribe --lid-threshold help ended in "the bundle's")."""
+    import argparse
+
+    from xlsr_edge.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            text = (action.help or "").rstrip()
+            assert not text.endswith(("'s", " the", " a", " of", ",")), (name, action.option_strings, text)

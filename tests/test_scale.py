@@ -177,11 +177,11 @@ def test_missing_file_is_an_error_row_and_exit_1(demo_run):
     rows = read_rows(out)
     assert len(rows) == 31 and len({r["id"] for r in rows}) == 31
     (missing,) = [r for r in rows if r["source"] == str(bad)]
-    assert missing["audio"] == "missing.flac" and missing["text"] is None
+    assert missing["audio"] == str(bad.parent / "missing.flac") and missing["text"] is None  # a path to open
     assert "no such file" in missing["error"]
     s = summary(out)
     assert (s["inputs"], s["transcribed"], s["failed"], s["complete"]) == (31, 30, 1, True)
-    assert s["failures"][0]["audio"] == "missing.flac"
+    assert s["failures"][0]["audio"] == missing["audio"]
     assert "1 inputs failed" in done.stderr and "Traceback" not in done.stderr
 
 

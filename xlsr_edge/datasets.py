@@ -60,6 +60,12 @@ class Utterance:
     line: int | None = None  # 1-based line in the manifest; None for folders / CLI paths
     raw_path: str = ""  # the audio path exactly as written in the manifest / on the command line
 
+    @property
+    def label(self) -> str:
+        """The path outputs print for this utterance: one the user can open from where the command ran (a
+        manifest's relative path joined to the manifest's folder as it was given), not the manifest's text."""
+        return str(self.audio)
+
 
 @dataclass(frozen=True)
 class BadLine:

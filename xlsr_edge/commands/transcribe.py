@@ -63,7 +63,7 @@ def expand_inputs(specs: Sequence[str]) -> list[Entry]:
                 if isinstance(e, BadLine):
                     out.append((e.where, None, e.error))
                 else:
-                    out.append((e.raw_path or str(e.audio), e.audio, None))
+                    out.append((e.label, e.audio, None))
         else:
             out.append((spec, p, None))
     return out

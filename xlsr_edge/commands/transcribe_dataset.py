@@ -58,9 +58,10 @@ def add_cluster_arguments(
 
 
 def _cluster(args: argparse.Namespace, workers: int | None):
+    from xlsr_edge.progress import to_stderr
     from xlsr_edge.scale import ClusterOptions, PoolOptions
 
-    cluster = ClusterOptions(address=args.address, temp_dir=args.ray_temp_dir)
+    cluster = ClusterOptions(address=args.address, temp_dir=args.ray_temp_dir, log=to_stderr)
     pool = PoolOptions(
         workers=workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker
     )
@@ -128,10 +129,10 @@ def _transcribe_dataset(args: argparse.Namespace) -> int:
         print(f"wrote {result.out_dir / '_summary.json'}")
     if result.failed:
         first = s["failures"][0] if s["failures"] else {}
-        print(
-            f"{result.failed} inputs failed (error rows; first: {first.get('audio')}: {first.get('error')})",
-            file=sys.stderr,
-        )
+        audio, error = str(first.get("audio")), str(first.get("error"))
+        # audio errors start with the file's path already: name it once
+        detail = error if error.startswith(audio) else f"{audio}: {error}"
+        print(f"{result.failed} inputs failed (error rows; first: {detail})", file=sys.stderr)
     return result.exit_code
 
 

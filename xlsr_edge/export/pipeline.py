@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from xlsr_edge.export.parity import ParityThresholds, run_parity, verification_a
 from xlsr_edge.outputs import BUNDLE, atomic_output, check_output
 from xlsr_edge.precision.convert import convert_precision, load_precision_inputs
 from xlsr_edge.precision.options import check_options, wants_channels_last_cnn
+from xlsr_edge.progress import Stages
 
 
 @dataclass(frozen=True)
@@ -72,21 +72,6 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[dist] = "not installed"
     return out
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-class Stages:
-    """One stderr line per stage of a long job, with the seconds elapsed since it started."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.started = time.monotonic()
-
-    def __call__(self, msg: str) -> None:
-        _log(f"{self.what} [{time.monotonic() - self.started:6.1f} s] {msg}")
 
 
 def export_bundle(

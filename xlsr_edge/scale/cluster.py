@@ -18,14 +18,16 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from xlsr_edge.errors import XlsrEdgeError, require
+from xlsr_edge.progress import Stages
 
 LOOPBACK = "127.0.0.1"
 LOCAL = "local"
@@ -44,6 +46,8 @@ class ClusterOptions:
     num_cpus: int | None = None  # local only: CPUs the cluster offers (default: this machine's)
     num_gpus: int | None = None  # local only: GPUs the cluster offers (default: detected)
     object_store_mb: int | None = None  # local only: object store size (default: Ray's, 30 % of memory)
+    # stage lines with times (start-up, workers, first results): start-up alone takes 15-20 s (the CLI: stderr)
+    log: Callable[[str], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_address(self.address)
@@ -71,6 +75,14 @@ class PoolOptions:
         return max(1, math.ceil(self.cpus_per_worker))
 
 
+def _silent(msg: str) -> None:
+    pass
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 @dataclass
 class Connection:
     ray: ModuleType
@@ -80,6 +92,7 @@ class Connection:
     nodes: list[str] = field(default_factory=list)  # each alive node's address
     resources: dict[str, float] = field(default_factory=dict)
     started_here: bool = True  # False: ray was initialized by the caller, leave it running
+    stage: Callable[[str], None] = _silent  # ClusterOptions.log as `ray [  1.2 s] msg` lines
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -124,6 +137,64 @@ def _quiet(ray: ModuleType) -> None:
         ctx.print_on_execution_start = False
 
 
+# Ray Data hands its actors their DataContext and map function as object-store references and asks Ray to
+# restart dead actors (max_restarts=-1: how a killed worker's batch runs again). Since Ray 2.47 the driver's
+# core worker logs, for every such actor, that a restart would fail should those objects be lost: they are
+# owned by this driver and live as long as the job does, so the line only alarms. Dropped from stderr.
+RAY_NOISE = re.compile(
+    rb"^\[[^\]]*\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object "
+    rb"store and max_restarts > 0\."
+)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`; where the real stderr is gone (a closed pipe) drop it: the pump must keep draining,
+    or writers would block on a full pipe."""
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass
+
+
+@contextmanager
+def dropping_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[None]:
+    """Pass everything written to file descriptor 2 (Python's and C++ code's alike) through, except whole
+    lines that match `pattern`. A no-op where stderr is no file descriptor (an IDE, captured output)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    real = os.dup(fd)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, fd)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending = b""
+        while chunk := os.read(read_end, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            out = b"".join(line + b"\n" for line in lines if not pattern.match(line))
+            if pending and not pending.startswith(b"["):  # not a log line's head: a prompt, a progress bar
+                out, pending = out + pending, b""
+            _write_all(real, out)
+        if not pattern.match(pending):
+            _write_all(real, pending)
+        os.close(read_end)
+        os.close(real)
+
+    thread = threading.Thread(target=pump, name="xlsr-edge-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, fd)  # closes this process's last write end: the pump reads to the end and stops
+        thread.join(timeout=5)
+
+
 def check_reachable(address: str, timeout: float = 10.0) -> None:
     """A joined cluster's head must answer on its port: Ray itself retries an unreachable GCS for minutes."""
     target = address
@@ -159,12 +230,14 @@ def connect(options: ClusterOptions, pool: PoolOptions | None = None) -> Iterato
     """Start (local) or join a Ray cluster; shut down or disconnect on the way out."""
     address = check_address(options.address)
     local = address == LOCAL
+    stage = Stages("ray", options.log) if options.log is not None else _silent
     ray = import_ray(loopback=local)
     t0 = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
         try:
             if local:  # the token guards a cluster on loopback in our own process: no need to say so
+                stage(f"starting a local Ray cluster on {LOOPBACK}")
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
                     logging.ERROR
                 )
@@ -187,6 +260,7 @@ def connect(options: ClusterOptions, pool: PoolOptions | None = None) -> Iterato
                         "a cluster you join has its own (ray start ...)"
                     )
                 check_reachable(address)
+                stage(f"joining the Ray cluster at {address}")
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
             ray.shutdown()
@@ -206,6 +280,11 @@ def connect(options: ClusterOptions, pool: PoolOptions | None = None) -> Iterato
             nodes=nodes,
             resources=dict(ray.cluster_resources()),
             started_here=started_here,
+            stage=stage,
+        )
+        res = conn.resources
+        stage(
+            f"cluster up: {plural(len(nodes), 'node')}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
         )
         if local and started_here and set(nodes) != {LOOPBACK}:
             raise XlsrEdgeError(
@@ -215,7 +294,9 @@ def connect(options: ClusterOptions, pool: PoolOptions | None = None) -> Iterato
         yield conn
     finally:
         if started_here:
+            stage("stopping Ray")
             ray.shutdown()
+            stage("Ray stopped")
 
 
 def pool_size(conn: Connection, pool: PoolOptions) -> tuple[int, int]:

@@ -36,11 +36,14 @@ from xlsr_edge.errors import XlsrEdgeError
 from xlsr_edge.scale import output
 from xlsr_edge.scale.cluster import (
     LOCAL,
+    RAY_NOISE,
     ClusterOptions,
     Connection,
     PoolOptions,
     connect,
+    dropping_stderr_lines,
     import_ray,
+    plural,
     pool_size,
 )
 from xlsr_edge.scale.worker import (
@@ -92,7 +95,7 @@ class InputRow:
     id: str
     source: str  # the manifest (or folder, or audio file) as given
     line: int | None
-    audio: str  # the audio path as the manifest wrote it (as `xlsr-edge transcribe` prints it)
+    audio: str  # the path as `xlsr-edge transcribe` prints it (Utterance.label: one the user can open)
     path: Path  # resolved
     reference: str | None
 
@@ -128,9 +131,9 @@ def read_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[InputRow], lis
         utts = read_manifest(spec, check_audio=False)  # ManifestError: one `error:` line, nothing started
         digest = hashlib.sha256()
         for n, u in enumerate(utts):
-            label = str(Path(spec) / u.raw_path) if is_dir else (u.raw_path or str(u.audio))
-            rows.append(InputRow(f"{k}:{n}", spec, u.line, label, u.audio, u.text))
-            digest.update(json.dumps([label, u.text], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            rows.append(InputRow(f"{k}:{n}", spec, u.line, u.label, u.audio, u.text))
+            key = u.label if is_dir else (u.raw_path or u.label)  # what _job.json has always hashed
+            digest.update(json.dumps([key, u.text], ensure_ascii=False).encode("utf-8", "surrogatepass"))
         meta.append(
             {
                 "manifest": spec,
@@ -194,9 +197,16 @@ def run_pipeline(
         num_cpus=pool.cpus_per_worker,
         num_gpus=pool.gpus_per_worker or None,
     )
+    workers = plural(lo, "worker") if lo == hi else f"{lo}-{hi} workers"
+    conn.stage(f"starting {workers} (each loads the bundle), {len(items)} inputs in tasks of {size}")
+    first = True
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            yield batch.to_pylist()
+        with dropping_stderr_lines(RAY_NOISE):
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if first:
+                    conn.stage("first results")
+                    first = False
+                yield batch.to_pylist()
     except XlsrEdgeError:
         raise
     except ray.exceptions.RayError as exc:
