@@ -101,8 +101,16 @@ def markdown(results: dict) -> str:
         "",
     ]
     for name, (_, section_markdown) in SECTIONS.items():
-        if name in results:
-            out += section_markdown(results)
+        if name not in results:
+            continue
+        lines = section_markdown(results)
+        other = results.get("section_environment", {}).get(name, {})
+        if other.get("cpu") not in (None, env["cpu"]):  # --update on another machine
+            lines[2:2] = [
+                f"(Measured on another machine: {other['cpu']}, load {other.get('loadavg_1m')}.)",
+                "",
+            ]
+        out += lines
     return "\n".join(out)
 
 
@@ -172,8 +180,9 @@ def main() -> int:
             args.model
         ],
         "bundle": str(bundle),
+        # the machine of the first run; a section measured elsewhere says so (section_environment, markdown)
         "environment": results.get("environment") or environment(),
-        "cpu_isa": cpu_isa(),
+        "cpu_isa": results.get("cpu_isa") or cpu_isa(),
     }
     for name in sections:
         results.setdefault("section_environment", {})[name] = environment()
