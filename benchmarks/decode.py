@@ -2,7 +2,7 @@
 
 1. Decoder throughput on recorded logits, in audio-seconds per CPU-second (time.process_time of this
    process; the decoders run single-threaded here, so that is per core): greedy, beam search without LM,
-   beam search with a KenLM word 3-gram built by xlsr_edge.decoders.lm.build_lm from the shipped clips'
+   beam search with a KenLM word 3-gram built by xlsr_edge.lm.build_lm from the shipped clips'
    text plus synthetic Turkish sentences. Logit sources:
    * "recorded": logits of a bundle on ~60 s of speech (the shipped clips cut/looped into utterances).
      The bundle is --bundle, else models/demo-tr when it exists (a bundle, or a checkpoint that is
@@ -137,7 +137,7 @@ def get_bundle(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
 
 def get_lm(work: Path) -> tuple[Path, int]:
     from xlsr_edge.data import CLIPS_MANIFEST
-    from xlsr_edge.decoders.lm import build_lm
+    from xlsr_edge.lm import build_lm
 
     corpus = work / "lm-corpus.txt"
     lines = [

@@ -96,7 +96,8 @@ def decode_rates(vocab, logits, refs, options) -> dict:
 def measure(name, vocab, dev, test, lms: dict[str, Path], workers: int) -> dict:
     """Greedy and beam without LM on the test set, then per LM: untuned, and tuned on dev."""
     from xlsr_edge.decoders import BeamOptions, GreedyOptions
-    from xlsr_edge.decoders.lm import oov_rate, read_unigrams, unigrams_path_for
+    from xlsr_edge.decoders.lm_files import read_unigrams, unigrams_path_for
+    from xlsr_edge.lm.coverage import oov_rate
     from xlsr_edge.measure.lm_tune import TuneOptions, tune_logits
     from xlsr_edge.measure.metrics import normalize_text
 
@@ -173,8 +174,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from xlsr_edge.bundle import load_bundle
-    from xlsr_edge.decoders.lm import build_lm, model_alphabet
     from xlsr_edge.export import export_bundle
+    from xlsr_edge.lm import build_lm, model_alphabet
     from xlsr_edge.train.synth import SynthOptions, build_corpus
 
     work = args.work or Path(tempfile.mkdtemp(prefix="lm-bench-"))
@@ -196,11 +197,21 @@ def main() -> None:
     assert not set(shipped) & set(train_text)
     (work / "train_text.txt").write_text("\n".join(train_text) + "\n", encoding="utf-8")
     lm_train = build_lm(
-        work / "train_text.txt", work / "lm_train" / "lm.bin", order=3, language="tr", alphabet=alphabet
+        work / "train_text.txt",
+        work / "lm_train" / "lm.bin",
+        order=3,
+        language="tr",
+        alphabet=alphabet,
+        overwrite=True,  # the benchmark's own work folder (--work): rebuilt on every run
     )
     (work / "oracle.txt").write_text("\n".join(shipped) + "\n", encoding="utf-8")
     lm_oracle = build_lm(
-        work / "oracle.txt", work / "lm_oracle" / "lm.bin", order=3, language="tr", alphabet=alphabet
+        work / "oracle.txt",
+        work / "lm_oracle" / "lm.bin",
+        order=3,
+        language="tr",
+        alphabet=alphabet,
+        overwrite=True,  # the benchmark's own work folder (--work): rebuilt on every run
     )
     dev_a = work / "dev_a" / "dev.jsonl"
     if not dev_a.is_file():
@@ -208,7 +219,12 @@ def main() -> None:
 
     # (b) natural sentences
     lm_natural = build_lm(
-        DATA / "tr_lm_text.txt", work / "lm_natural" / "lm.bin", order=3, language="tr", alphabet=alphabet
+        DATA / "tr_lm_text.txt",
+        work / "lm_natural" / "lm.bin",
+        order=3,
+        language="tr",
+        alphabet=alphabet,
+        overwrite=True,  # the benchmark's own work folder (--work): rebuilt on every run
     )
     sets = {}
     for split in ("dev", "test"):

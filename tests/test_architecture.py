@@ -303,3 +303,65 @@ def test_size_checker_can_fail(tmp_path: Path) -> None:
     pkg = _write(tmp_path, {"__init__.py": "", "big.py": f"def f():\n{body}\n", "long.py": "x = 1\n" * 601})
     found = oversized(pkg)
     assert any("big.py:1 f()" in v for v in found) and any("long.py: 601 lines" in v for v in found)
+
+
+# -- decoders read logits and LM files only; xlsr_edge.lm stays on the light side (issue 22) ---------------------
+
+# What xlsr_edge.decoders may import of the package, besides itself: it goes on a Jetson, and whoever builds
+# BeamOptions (Recognizer, the commands) hands it the LM's tuned weights (xlsr_edge.lm.weights).
+DECODERS_MAY_IMPORT = ("xlsr_edge.constants", "xlsr_edge.errors", "xlsr_edge.text")
+LM_MUST_NOT_IMPORT = (
+    "torch",
+    "transformers",
+    "xlsr_edge.export",
+    "xlsr_edge.train",
+    "xlsr_edge.runtime",
+    "xlsr_edge.commands",
+    "xlsr_edge.cli",
+)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def package_imports_outside(edges: list[Edge], layer: str, allowed: tuple[str, ...]) -> list[str]:
+    """Imports of the package by modules under `layer` that are neither the layer itself nor `allowed`."""
+    return [
+        f"{e.source} (line {e.line}) imports {e.target}"
+        for e in edges
+        if _under(e.source, layer)
+        and _under(e.target, "xlsr_edge")
+        and not _under(e.target, layer)
+        and not any(_under(e.target, a) for a in allowed)
+    ]
+
+
+def test_decoders_import_only_the_floor_and_themselves() -> None:
+    _, edges = import_edges(PACKAGE)
+    assert package_imports_outside(edges, "xlsr_edge.decoders", DECODERS_MAY_IMPORT) == []
+
+
+def test_lm_never_reaches_torch_or_the_export_and_training_side() -> None:
+    _, edges = import_edges(PACKAGE)
+    assert [
+        f"{e.source} (line {e.line}) imports {e.target}"
+        for e in edges
+        if _under(e.source, "xlsr_edge.lm") and any(_under(e.target, b) for b in LM_MUST_NOT_IMPORT)
+    ] == []
+
+
+def test_decoders_rule_can_fail(tmp_path: Path) -> None:
+    pkg = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "bundle.py": "",
+            "errors.py": "",
+            "decoders/__init__.py": "from .beam import x\n",
+            "decoders/beam.py": "from ..errors import E\ndef f():\n    from xlsr_edge.bundle import sha\nx = 1\n",
+        },
+    )
+    _, edges = import_edges(pkg)
+    found = package_imports_outside(edges, "xlsr_edge.decoders", DECODERS_MAY_IMPORT)
+    assert len(found) == 1 and "xlsr_edge.decoders.beam (line 3) imports xlsr_edge.bundle" in found[0]

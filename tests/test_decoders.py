@@ -265,7 +265,7 @@ def test_beam_options_normalize_and_freeze():
     assert options.lm_path == str(Path("x/lm.bin"))
     assert options.hotwords == ("kedi", "ali veli")
     assert isinstance(options.alpha, float)
-    # weights left out are None: the LM's tuned sidecar, else pyctcdecode's defaults (decoders.lm.resolve_weights)
+    # weights left out are None: the LM's tuned sidecar, else pyctcdecode's defaults (decoders.options.resolve_weights)
     assert (options.beta, options.unk_score_offset) == (None, None)
     assert isinstance(BeamOptions(unk_score_offset=-3).unk_score_offset, float)
     with pytest.raises(AttributeError):

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from xlsr_edge.decoders import BeamDecoder, BeamOptions, GreedyDecoder, Vocabulary
-from xlsr_edge.decoders.lm import (
-    ENV_KENLM_BIN,
-    build_lm,
-    find_kenlm_binaries,
-    read_arpa_unigrams,
-    read_unigrams,
-    unigrams_path_for,
-)
+from xlsr_edge.decoders.lm_files import read_arpa_unigrams, read_unigrams, unigrams_path_for
 from xlsr_edge.errors import XlsrEdgeError
+from xlsr_edge.lm.build import ENV_KENLM_BIN, build_lm, find_kenlm_binaries
 
 TOKENS = (
     "<pad>", "<s>", "</s>", "<unk>", "|", "'", "a", "b", "c", "ç", "d", "e", "é", "g", "ğ", "i", "ı", "k",
@@ -110,6 +104,16 @@ def write_fake_tool(folder: Path, name: str, body: str) -> None:
     path = folder / name
     path.write_text("#!/bin/sh\n" + body + "\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def fake_kenlm(folder: Path, monkeypatch) -> Path:
+    """lmplz that writes a one-line 'ARPA file' (enough for .arpa outputs), build_binary that does nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_fake_tool(folder, "lmplz", "cat >/dev/null; printf '\\\\data\\\\\\n'")
+    write_fake_tool(folder, "build_binary", "exit 0")
+    if monkeypatch is not None:
+        monkeypatch.setenv(ENV_KENLM_BIN, str(folder))
+    return folder
 
 
 def test_missing_binaries_name_make_kenlm(tmp_path, monkeypatch):
@@ -335,7 +339,7 @@ def test_lm_build_killed_midway_keeps_the_old_lm_and_the_next_build_cleans_up(co
     err = capfd.readouterr().err
     assert "lmplz: 1/5 Counting and sorting n-grams" in err and "build_binary" in err  # progress lines
     old = {p.name: p.read_bytes() for p in out.parent.iterdir()}
-    assert set(old) == {"lm.bin", "lm.unigrams.txt"}
+    assert set(old) == {"lm.bin", "lm.unigrams.txt", "lm.build.json"}
     tools = tmp_path / "tools"
     tools.mkdir()
     write_fake_tool(tools, "lmplz", "cat >/dev/null; kill -9 $PPID; sleep 5")
@@ -343,7 +347,7 @@ def test_lm_build_killed_midway_keeps_the_old_lm_and_the_next_build_cleans_up(co
     other = tmp_path / "other.txt"
     other.write_text("ganz andere wörter\n", encoding="utf-8")
     killed = subprocess.run(
-        [sys.executable, "-m", "xlsr_edge", "lm", "build", str(other), "-o", str(out)],
+        [sys.executable, "-m", "xlsr_edge", "lm", "build", str(other), "-o", str(out), "--overwrite"],
         env={**os.environ, ENV_KENLM_BIN: str(tools)},
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
@@ -352,24 +356,21 @@ def test_lm_build_killed_midway_keeps_the_old_lm_and_the_next_build_cleans_up(co
     left = sorted(p.name for p in out.parent.iterdir() if p.name not in old)
     assert len(left) == 1 and left[0].startswith(".lm.bin.xlsr-tmp-")
     assert {p.name: p.read_bytes() for p in out.parent.iterdir() if p.name in old} == old
-    assert main(["lm", "build", str(corpus), "-o", str(out), "--order", "2"]) == 0
+    assert main(["lm", "build", str(corpus), "-o", str(out), "--order", "2", "--overwrite"]) == 0
     err = capfd.readouterr().err
     assert f"removed {out.parent / left[0]}: left behind by an interrupted run" in err
-    assert sorted(p.name for p in out.parent.iterdir()) == ["lm.bin", "lm.unigrams.txt"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lm.bin", "lm.build.json", "lm.unigrams.txt"]
 
 
 def test_lm_build_failure_keeps_the_old_lm_and_its_unigrams(corpus, tmp_path, monkeypatch):
+    tools = fake_kenlm(tmp_path / "tools", monkeypatch)
     out = tmp_path / "lm.arpa"
-    out.write_text("old lm")
-    unigrams_path_for(out).write_text("old words\n")
-    write_fake_tool(tmp_path, "lmplz", "cat >/dev/null; echo partial > /dev/stdout; exit 1")
-    write_fake_tool(tmp_path, "build_binary", "exit 0")
-    monkeypatch.setenv(ENV_KENLM_BIN, str(tmp_path))
-    before = sorted(p.name for p in tmp_path.iterdir())
+    build_lm(corpus, out)
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    write_fake_tool(tools, "lmplz", "cat >/dev/null; echo partial > /dev/stdout; exit 1")
     with pytest.raises(XlsrEdgeError, match="lmplz failed"):
-        build_lm(corpus, out)
-    assert out.read_text() == "old lm" and unigrams_path_for(out).read_text() == "old words\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+        build_lm(corpus, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == old
 
 
 def test_lm_build_installs_the_unigrams_before_the_lm(corpus, tmp_path, monkeypatch):
@@ -379,8 +380,7 @@ def test_lm_build_installs_the_unigrams_before_the_lm(corpus, tmp_path, monkeypa
     import subprocess
     import sys
 
-    write_fake_tool(tmp_path, "lmplz", "cat >/dev/null; printf '\\\\data\\\\\\n'")
-    write_fake_tool(tmp_path, "build_binary", "exit 0")
+    fake_kenlm(tmp_path, None)
     out = tmp_path / "out" / "lm.arpa"
     killed = subprocess.run(
         [sys.executable, "-m", "xlsr_edge", "lm", "build", str(corpus), "-o", str(out)],
@@ -451,7 +451,7 @@ def test_malformed_lm_is_one_error_line(tiny_bundle, bad_lms, capfd, name):
 
 
 def test_text_fitter_maps_what_it_can_and_drops_words_it_cannot_spell():
-    from xlsr_edge.decoders.lm import TextFitter, model_alphabet
+    from xlsr_edge.lm.fit import TextFitter, model_alphabet
 
     alphabet = model_alphabet(TOKENS, blank_id=0, word_delimiter="|") - {"'"}  # a model without an apostrophe
     assert "a" in alphabet and not {"|", "<pad>", "<unk>", "'"} & alphabet
@@ -474,7 +474,7 @@ def test_text_fitter_maps_what_it_can_and_drops_words_it_cannot_spell():
 
 
 def test_oov_rate_counts_running_words():
-    from xlsr_edge.decoders.lm import oov_rate
+    from xlsr_edge.lm.coverage import oov_rate
 
     report = oov_rate({"bu", "kitap"}, ["bu kitap güzel", "bu ev güzel"])
     assert (report.words, report.oov) == (6, 3)
@@ -491,13 +491,14 @@ def test_tuned_sidecar_is_used_by_default_and_ignored_when_the_lm_changes(vocab,
     import logging
 
     from xlsr_edge.bundle import sha256_file
-    from xlsr_edge.decoders.lm import tuned_path_for, write_tuned_weights
+    from xlsr_edge.lm.weights import tuned_path_for, with_tuned_weights, write_tuned_weights
 
     lm = build_lm(corpus, tmp_path / "lm.bin", order=2)
     logits = misspelled_logits()
 
     def decode(**weights) -> tuple[str, object]:
-        with BeamDecoder(vocab, BeamOptions(beam_width=16, lm_path=str(lm), **weights)) as decoder:
+        options = with_tuned_weights(BeamOptions(beam_width=16, lm_path=str(lm), **weights))
+        with BeamDecoder(vocab, options) as decoder:
             return decoder.decode(logits).text, decoder.weights
 
     text, weights = decode()  # no sidecar: pyctcdecode's defaults, and the LM fixes the misspelling
@@ -508,9 +509,17 @@ def test_tuned_sidecar_is_used_by_default_and_ignored_when_the_lm_changes(vocab,
     path = write_tuned_weights(lm, {"alpha": 0.0, "beta": 0.0, "unk_score_offset": 0.0, "helps": False})
     assert path == tuned_path_for(lm) == tmp_path / "lm.tuned.json"
     assert json.loads(path.read_text(encoding="utf-8"))["lm_sha256"] == sha256_file(lm)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.bin", "lm.tuned.json", "lm.unigrams.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lm.bin",
+        "lm.build.json",
+        "lm.tuned.json",
+        "lm.unigrams.txt",
+    ]
     text, weights = decode()
     assert text == "bu kitep" and weights.from_sidecar and weights.source == "tuned (lm.tuned.json)"
+    # the decoder itself reads no sidecar: the caller passes the weights in (BeamOptions.tuned)
+    with BeamDecoder(vocab, BeamOptions(beam_width=16, lm_path=str(lm))) as decoder:
+        assert decoder.weights.source == "pyctcdecode defaults" and decoder.decode(logits).text == "bu kitap"
     # explicit weights win over the sidecar, field by field
     assert decode(alpha=0.5, beta=1.5, unk_score_offset=-10.0)[0] == "bu kitap"
     _, weights = decode(alpha=0.9)
@@ -519,7 +528,7 @@ def test_tuned_sidecar_is_used_by_default_and_ignored_when_the_lm_changes(vocab,
     # the LM is rebuilt: its sha256 no longer matches, so the sidecar is ignored, with one warning
     other = tmp_path / "other.txt"
     other.write_text("bu kitap\nkitap güzel\n", encoding="utf-8")
-    build_lm(other, lm, order=2)
+    build_lm(other, lm, order=2, overwrite=True)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         text, weights = decode()

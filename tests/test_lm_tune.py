@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _kenlm_missing() -> str | None:
-    from xlsr_edge.decoders.lm import find_kenlm_binaries
+    from xlsr_edge.lm.build import find_kenlm_binaries
 
     try:
         find_kenlm_binaries()
@@ -67,14 +67,14 @@ def dev(demo_bundle):
 @pytest.fixture(scope="module")
 def demo_alphabet(demo_bundle) -> set[str]:
     from xlsr_edge.bundle import load_bundle
-    from xlsr_edge.decoders.lm import model_alphabet
+    from xlsr_edge.lm.fit import model_alphabet
 
     info = load_bundle(demo_bundle).model
     return model_alphabet(info.vocab, info.blank_id, info.word_delimiter)
 
 
 def _lm(folder: Path, lines: list[str] | Path, alphabet=None) -> Path:
-    from xlsr_edge.decoders.lm import build_lm
+    from xlsr_edge.lm.build import build_lm
 
     folder.mkdir(parents=True, exist_ok=True)
     text = lines if isinstance(lines, Path) else folder / "corpus.txt"
@@ -132,7 +132,7 @@ def test_unrelated_lm_tuned_is_not_worse_than_beam_without_lm(dev, unrelated_lm)
     """Protection: untuned, an LM of unrelated text makes beam search much worse; tuned (the default search),
     decoding with it by default (its sidecar) costs at most 0.5 WER points against beam search without it."""
     from xlsr_edge.decoders import BeamOptions
-    from xlsr_edge.decoders.lm import write_tuned_weights
+    from xlsr_edge.lm.weights import with_tuned_weights, write_tuned_weights
     from xlsr_edge.measure.lm_tune import TuneOptions, tune_logits
 
     vocab, logits, refs = dev
@@ -140,7 +140,8 @@ def test_unrelated_lm_tuned_is_not_worse_than_beam_without_lm(dev, unrelated_lm)
     beam = result.beam.rates.wer
     assert result.untuned.rates.wer > beam + 0.10, "the untuned LM should hurt (else this test shows nothing)"
     write_tuned_weights(unrelated_lm, result.sidecar())
-    tuned = _wer(vocab, logits, refs, BeamOptions(lm_path=str(unrelated_lm), **FAST))  # sidecar by default
+    by_default = with_tuned_weights(BeamOptions(lm_path=str(unrelated_lm), **FAST))  # what Recognizer does
+    tuned = _wer(vocab, logits, refs, by_default)
     assert tuned <= beam + 0.005, (tuned, beam)
     untuned = _wer(
         vocab,
@@ -180,13 +181,17 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_lm_tune_cli_writes_the_sidecar_that_transcribe_eval_and_stream_use(demo_bundle, oracle_lm, capsys):
     from xlsr_edge.cli import build_parser
     from xlsr_edge.commands.common import decoder_options
-    from xlsr_edge.decoders.lm import resolve_weights, tuned_path_for
+    from xlsr_edge.decoders.options import resolve_weights
+    from xlsr_edge.lm.weights import tuned_path_for
 
-    rc, out, _ = _run(
+    rc, out, err = _run(
         capsys, "lm", "tune", demo_bundle, TEST_MANIFEST, "--lm", oracle_lm, "--alpha", "0:1:0.5", "--beta",
-        "0,1.5", "--unk-offset", "-10", "--beam-width", "16", "--language", "tr",
+        "-1,0,1.5", "--unk-offset", "-10", "--beam-width", "16", "--language", "tr",
     )  # fmt: skip
     assert rc == 0
+    # stderr is not a terminal here: stage lines with times instead of a progress bar
+    stages = [line for line in err.splitlines() if line.startswith("lm tune [")]
+    assert "computing the logits of 30 utterances" in stages[0] and "settings decoded" in stages[-1], err
     for label in ("greedy", "beam, no LM", "beam + LM, pyctcdecode defaults", "beam + LM, best", "wrote"):
         assert label in out, out
     sidecar = json.loads(tuned_path_for(oracle_lm).read_text(encoding="utf-8"))
@@ -213,7 +218,7 @@ def test_lm_tune_cli_writes_the_sidecar_that_transcribe_eval_and_stream_use(demo
 
 
 def test_transcribe_uses_the_sidecar_and_explicit_weights_override_it(demo_bundle, oracle_lm, capsys):
-    from xlsr_edge.decoders.lm import write_tuned_weights
+    from xlsr_edge.lm.weights import write_tuned_weights
 
     write_tuned_weights(oracle_lm, {"alpha": 0.0, "beta": 0.0, "unk_score_offset": 0.0, "helps": False})
     common = ["transcribe", demo_bundle, TEST_MANIFEST, "--beam-width", "16"]
@@ -248,7 +253,7 @@ def test_lm_tune_user_errors_are_one_line(demo_bundle, oracle_lm, tmp_path, caps
 
 
 def test_lm_build_bundle_maps_or_drops_characters_the_model_cannot_write(demo_bundle, tmp_path, capsys):
-    from xlsr_edge.decoders.lm import read_unigrams, unigrams_path_for
+    from xlsr_edge.decoders.lm_files import read_unigrams, unigrams_path_for
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(
@@ -303,7 +308,7 @@ def _transcribe_stderr(bundle: Path, lm: Path) -> list[str]:
 
 
 def test_low_coverage_warning_is_one_prefixed_line_naming_lm_tune(demo_bundle, unrelated_lm, oracle_lm):
-    from xlsr_edge.decoders.lm import write_tuned_weights
+    from xlsr_edge.lm.weights import write_tuned_weights
 
     lines = _transcribe_stderr(demo_bundle, unrelated_lm)
     assert len(lines) == 1, lines  # ours, once; nothing from pyctcdecode ("Only 244 unigrams passed ...")

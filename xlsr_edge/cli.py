@@ -1,6 +1,10 @@
-"""Command lines: assemble the parser from xlsr_edge.commands, map errors to exit codes.
+"""Command lines: assemble the parser from xlsr_edge.commands, map errors to exit codes, show the library's log.
 
 Library code never imports this module; each subcommand lives in its own module under xlsr_edge.commands.
+The library logs through `logging.getLogger("xlsr_edge.<module>")` and configures nothing (faster-whisper's
+way); while a command runs, this module puts one handler on the "xlsr_edge" logger that writes each message as
+it is, one line on stderr (progress at INFO, `warning: ...` lines at WARNING). `--quiet` keeps warnings and
+errors only, `--verbose` adds debug lines.
 """
 
 from __future__ import annotations
@@ -8,9 +12,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from xlsr_edge import __version__
 from xlsr_edge.commands import COMMAND_MODULES
@@ -35,6 +41,75 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+LOGGER = "xlsr_edge"
+
+
+class StderrHandler(logging.Handler):
+    """Each record's message alone, one line on the sys.stderr of the moment (looked up per record: tests and
+    embedding tools swap sys.stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def cli_logging(level: int = logging.INFO) -> Iterator[logging.Handler]:
+    """While inside: the "xlsr_edge" logger at `level`, shown by one StderrHandler, not passed on to the root
+    logger (a root handler some library installed would print every line twice). Restored afterwards."""
+    logger = logging.getLogger(LOGGER)
+    handler = StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def add_verbosity_arguments(p: argparse.ArgumentParser, *, default: object = argparse.SUPPRESS) -> None:
+    """--quiet / --verbose (before or after the subcommand: the subcommands' copies default to SUPPRESS, so
+    they only set the value when given)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="log_level",
+        action="store_const",
+        const=logging.WARNING,
+        default=default,
+        help="print warnings and errors only, no progress lines",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const=logging.DEBUG,
+        default=default,
+        help="print debug lines too",
+    )
+
+
+def _subparsers(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share one parser
+                yield child
+                yield from _subparsers(child)
 
 
 def _has_default(action: argparse.Action) -> bool:
@@ -65,13 +140,25 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str):  # noqa: ANN201 (argparse's hook; never returns)
+        """A bad option value (xlsr_edge.limits) is one `error:` line and exit 2, like other user errors."""
+        from xlsr_edge.limits import option_error_line
+
+        line = option_error_line(message)
+        if line is None:
+            super().error(message)
+        self.exit(EXIT_USER_ERROR, f"error: {line}\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="xlsr-edge", description="Export, run and measure xlsr-edge bundles.")
     ap.add_argument("--version", action="version", version=f"xlsr-edge {__version__}")
+    add_verbosity_arguments(ap, default=logging.INFO)
     sub = ap.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for child in _subparsers(ap):
+        add_verbosity_arguments(child)
     return ap
 
 
@@ -81,15 +168,21 @@ def export_parser() -> argparse.ArgumentParser:
 
     ap = Parser(prog="export-xlsr", description=export.DESCRIPTION)
     export.add_arguments(ap)
+    add_verbosity_arguments(ap, default=logging.INFO)
     return ap
 
 
+def _run_logged(args: argparse.Namespace) -> int:
+    with cli_logging(getattr(args, "log_level", logging.INFO)):
+        return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    return _run_logged(build_parser().parse_args(argv))
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:
-    return run(export_parser().parse_args(argv))
+    return _run_logged(export_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

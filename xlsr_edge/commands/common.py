@@ -117,6 +117,7 @@ def add_decoder_arguments(p: argparse.ArgumentParser, *, hotwords: bool) -> None
 
 def decoder_options(args: argparse.Namespace):
     from xlsr_edge.decoders import BeamOptions, GreedyOptions
+    from xlsr_edge.lm.weights import with_tuned_weights
 
     hotwords = tuple(getattr(args, "hotword", None) or ())  # eval has no hotword options
     # an LM or hotwords only mean something to the beam decoder: asking for them asks for it
@@ -127,7 +128,7 @@ def decoder_options(args: argparse.Namespace):
                 "--lm and --hotword need --decoder beam (leave --decoder out: they select it)"
             )
         return GreedyOptions()
-    return BeamOptions(
+    options = BeamOptions(
         beam_width=args.beam_width,
         alpha=args.alpha,
         beta=args.beta,
@@ -137,3 +138,4 @@ def decoder_options(args: argparse.Namespace):
         hotword_weight=getattr(args, "hotword_weight", 10.0),
         num_workers=args.workers,
     )
+    return with_tuned_weights(options)  # the LM's tuned sidecar, read once here (Ray workers get the weights)

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import re
 from pathlib import Path
 
 from xlsr_edge.commands.common import add_backend_argument, check_at_least_one
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
 
+# `-1,0`, `-10:0:5`, `-.5`: a value (a negative range of `lm tune`), not an option; argparse would read it as one
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d")
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+
+def _negative_values_parser(base: type[argparse.ArgumentParser]) -> type[argparse.ArgumentParser]:
+    """The parser class of `lm`'s subcommands: `base` that takes `--beta -1,0` like `--beta=-1,0`."""
+
+    class NegativeValuesParser(base):  # type: ignore[valid-type, misc]
+        def _parse_optional(self, arg_string):  # noqa: ANN001, ANN202 (argparse's own hook)
+            if _NEGATIVE_VALUE.match(arg_string):
+                return None  # a positional-like value, consumed by the option before it
+            return super()._parse_optional(arg_string)
+
+    return NegativeValuesParser
 
 
 def _bundle_alphabet(bundle: Path, language: str | None) -> set[str]:
     """The characters the bundle's model can write (for a multi-language bundle: the --language head's)."""
     from xlsr_edge.bundle import load_bundle
-    from xlsr_edge.decoders.lm import model_alphabet
+    from xlsr_edge.lm.fit import model_alphabet
 
     manifest = load_bundle(bundle, verify=False)  # only the vocabulary is read
     if manifest.extra.get("kind") == "multi":
@@ -39,7 +50,10 @@ def _bundle_alphabet(bundle: Path, language: str | None) -> set[str]:
 
 
 def _lm_build(args: argparse.Namespace) -> int:
-    from xlsr_edge.decoders.lm import TextFitter, build_lm, oov_rate, read_unigrams, unigrams_path_for
+    from xlsr_edge.decoders.lm_files import read_unigrams, unigrams_path_for
+    from xlsr_edge.lm.build import build_lm
+    from xlsr_edge.lm.coverage import oov_rate
+    from xlsr_edge.lm.fit import TextFitter, normalize_corpus
 
     alphabet = _bundle_alphabet(args.bundle, args.language) if args.bundle else None
     dev = None
@@ -55,13 +69,12 @@ def _lm_build(args: argparse.Namespace) -> int:
         order=args.order,
         language=args.language,
         normalize=not args.raw,
-        log=_log,
         alphabet=alphabet,
+        overwrite=args.overwrite,
+        kenlm_bin=args.kenlm_bin,
     )
     print(f"wrote {out}")
     if dev is not None:
-        from xlsr_edge.decoders.lm import normalize_corpus
-
         texts = list(normalize_corpus(dev, args.language, not args.raw))
         if alphabet is not None:  # the words as this model would spell them, as the LM's were
             fitter = TextFitter(alphabet)
@@ -72,7 +85,7 @@ def _lm_build(args: argparse.Namespace) -> int:
 
 
 def _lm_tune(args: argparse.Namespace) -> int:
-    from xlsr_edge.decoders.lm import write_tuned_weights
+    from xlsr_edge.lm.weights import check_sidecar_writable, write_tuned_weights
     from xlsr_edge.measure.evaluation import progress_wanted
     from xlsr_edge.measure.lm_tune import (
         DEFAULT_ALPHAS,
@@ -100,6 +113,8 @@ def _lm_tune(args: argparse.Namespace) -> int:
         providers=args.providers,
         progress=progress_wanted(),
     )
+    if not args.dry_run:
+        check_sidecar_writable(args.lm)  # now, not after the whole search
     result = tune(args.bundle, args.manifest, args.lm, options)
     sidecar = None if args.dry_run else write_tuned_weights(args.lm, result.sidecar(args.bundle))
     if args.json:
@@ -118,7 +133,10 @@ def _lm_tune(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `lm` and its own subcommands."""
-    lm = sub.add_parser("lm", help="language models").add_subparsers(dest="lm_command", required=True)
+    lm_parser = sub.add_parser("lm", help="language models")
+    lm = lm_parser.add_subparsers(
+        dest="lm_command", required=True, parser_class=_negative_values_parser(type(lm_parser))
+    )
     p = lm.add_parser("build", help="build a KenLM n-gram model with lmplz/build_binary")
     p.add_argument("text", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="LM.arpa or LM.bin")
@@ -146,6 +164,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="a manifest with transcripts: print the LM's out-of-vocabulary rate on them",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the LM and word list of an earlier `lm build` (never files it did not write)",
+    )
+    p.add_argument(
+        "--kenlm-bin",
+        type=Path,
+        default=None,
+        help="folder holding KenLM's lmplz and build_binary (default: $XLSR_EDGE_KENLM_BIN, PATH, or "
+        "a source checkout's .tools/kenlm/bin from `make kenlm`)",
+    )
     p.set_defaults(fn=_lm_build)
 
     t = lm.add_parser(
@@ -164,9 +194,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "manifest", type=Path, help="dev set: NeMo JSONL, Common Voice TSV or CSV with transcripts"
     )
     t.add_argument("--lm", type=Path, required=True, help="the KenLM model to tune (.arpa or .bin)")
-    t.add_argument("--alpha", default=None, help="LM weights to try: START:STOP:STEP, A,B,C or one value")
-    t.add_argument("--beta", default=None, help="word insertion bonuses to try (same forms)")
-    t.add_argument("--unk-offset", default=None, help="unknown-word offsets to try, <= 0 (same forms)")
+    t.add_argument(
+        "--alpha", default=None, help="LM weights to try, 0 to 10: START:STOP:STEP, A,B,C or one value"
+    )
+    t.add_argument(
+        "--beta", default=None, help="word insertion bonuses to try, -20 to 20 (same forms; -1,0 works)"
+    )
+    t.add_argument(
+        "--unk-offset", default=None, help="unknown-word offsets to try, -100 to 0 (same forms: -10:0:5)"
+    )
     t.add_argument(
         "--search",
         choices=["coordinate", "grid"],

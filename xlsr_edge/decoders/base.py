@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+
+logger = logging.getLogger("xlsr_edge.decoders")
+
+
+def warn(message: str) -> None:
+    """One prefixed warning line (`warning: ...`) through this package's logger: what a user sees on stderr
+    (the CLI's handler, or Python's bare message when logging is not configured)."""
+    logger.warning("warning: %s", message)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ What is passed to pyctcdecode is what calling it directly the documented way get
   stable log_softmax in float32/float64, so fp16 logits are not re-normalized in fp16);
 - decode_beams(..., prune_history=True), i.e. exactly what its decode()/decode_batch() run, keeping the top beam's
   word frames and combined (acoustic + LM + hotword) score;
-- alpha, beta and unk_score_offset from xlsr_edge.decoders.lm.resolve_weights: the options' values, else the LM's
-  tuned sidecar (`xlsr-edge lm tune`), else pyctcdecode's defaults. `set_weights` changes them without reloading
+- alpha, beta and unk_score_offset from resolve_weights: the options' values, else the LM's tuned weights
+  (`xlsr-edge lm tune`) that the caller put into `BeamOptions.tuned`, else pyctcdecode's defaults. `set_weights` changes them without reloading
   the LM (what `lm tune` does for every setting it tries).
 
 pyctcdecode's own log messages (unprefixed, some on every run: "Only 179 unigrams passed as vocabulary. Is this
@@ -39,17 +39,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import XlsrEdgeError, require
-from .base import Decoded, Decoder, Vocabulary, Word
+from .base import Decoded, Decoder, Vocabulary, Word, warn
 from .greedy import GreedyDecoder, check_batch
-from .lm import (
-    check_lm_file,
-    read_arpa_unigrams,
-    read_unigrams,
-    resolve_weights,
-    unigrams_path_for,
-    warn,
-)
-from .options import BeamOptions
+from .lm_files import check_lm_file, read_arpa_unigrams, read_unigrams, unigrams_path_for
+from .options import BeamOptions, resolve_weights
 
 # The decode-time coverage check: after this many words heard (greedy reading), warn once when fewer than this
 # share of them are words of the LM (or two of its words run together: greedy decoding misses word boundaries).
@@ -57,6 +50,7 @@ from .options import BeamOptions
 COVERAGE_MIN_WORDS = 20
 COVERAGE_WARN_BELOW = 0.4
 _COVERAGE_WARNED: set[str] = set()  # LM paths this process has warned about (one line per LM)
+KENLM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
 _SPELLING_WARNED: set[str] = set()
 # "(lm/model.cc:100 in void lm::...::InitializeFromARPA(...) threw FormatLoadException because `...`. "
 _KENLM_LOCATION = re.compile(r"\(\S+:\d+ in .*? threw \w+(?: because `[^']*')?\.?\s*")
@@ -248,8 +242,8 @@ class BeamDecoder(Decoder):
     options.num_workers > 1, the decoder forks its own pool and closes it in close().
     check_coverage: warn once when the LM knows few of the words heard (off for `lm tune`, which measures it).
     Text uses pyctcdecode's conventions: whitespace normalized, <unk> shown as "⁇".
-    `weights` are the alpha/beta/unk_score_offset in use and where they came from (options, tuned sidecar or
-    pyctcdecode's defaults).
+    `weights` are the alpha/beta/unk_score_offset in use and where they came from (options, the tuned weights in
+    `options.tuned` or pyctcdecode's defaults).
     """
 
     name = "beam"
@@ -339,19 +333,23 @@ class BeamDecoder(Decoder):
         w = self.weights
         given = {k: getattr(self.options, k) for k in ("alpha", "beta", "unk_score_offset")}
         new = {k: given[k] if given[k] is not None else getattr(w, k) for k in given}
-        self.weights = dataclasses.replace(w, **new, source="given" if len(changes) == 3 else w.source)
+        if len(changes) == 3:
+            self.weights = dataclasses.replace(w, **new, source="given", from_sidecar=False)
+        else:
+            self.weights = dataclasses.replace(w, **new)
         self._spec = dataclasses.replace(self._spec, **new)
         _decoder_for(self._key, self._spec)
 
     def _check_lm_spelling(self) -> None:
         """The LM's words that use characters the model cannot write can never be decoded: say so, once."""
         writable = {label for label in self.labels if len(label) == 1 and label != " "}
-        strange = [word for word in self.lm_words if any(ch not in writable for ch in word)]
+        words = self.lm_words - KENLM_SPECIAL_WORDS  # in a plain .arpa's unigrams, never decoded as text
+        strange = [word for word in words if any(ch not in writable for ch in word)]
         if strange and self.lm_path not in _SPELLING_WARNED:
             _SPELLING_WARNED.add(self.lm_path)
             chars = sorted({ch for word in strange for ch in word if ch not in writable})
             warn(
-                f"{len(strange)} of the {len(self.lm_words)} words of the language model "
+                f"{len(strange)} of the {len(words)} words of the language model "
                 f"{os.path.basename(self.lm_path)} use characters the model cannot write "
                 f"({' '.join(chars[:12])}; e.g. {', '.join(sorted(strange)[:3])}); beam search never produces "
                 "them: rebuild the LM with `xlsr-edge lm build --bundle BUNDLE`"

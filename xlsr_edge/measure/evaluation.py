@@ -169,9 +169,9 @@ def describe_decoder(options: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(options, Decoder):
         return options.name, {}
     if isinstance(options, BeamOptions):
-        from xlsr_edge.decoders.lm import resolve_weights
+        from xlsr_edge.lm.weights import effective_weights
 
-        weights = resolve_weights(options)  # what the decoder uses: given, tuned (LM.tuned.json) or defaults
+        weights = effective_weights(options)  # given, tuned (LM.tuned.json) or pyctcdecode's defaults
         described = {"beam_width": options.beam_width, "lm": options.lm_path}
         if options.lm_path is not None:
             described.update(

@@ -20,6 +20,7 @@ it (harmless rather than harmful); the result says so (`helps` is False).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,16 +31,22 @@ import numpy as np
 
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE
 from xlsr_edge.datasets import read_manifest, split_missing
+from xlsr_edge.decoders.options import PYCTCDECODE_WEIGHTS, WEIGHT_NAMES
 from xlsr_edge.errors import XlsrEdgeError
+from xlsr_edge.lm.build import Stages
+from xlsr_edge.lm.weights import WEIGHT_RANGES
 from xlsr_edge.measure.metrics import ErrorRates, error_rates, normalize_text
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 DEFAULT_BETAS = (-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEFAULT_UNK_OFFSETS = (-10.0, -7.0, -5.0, -3.0, -2.0, -1.0, 0.0)
 SEARCHES = ("coordinate", "grid")
-START = (0.5, 1.5, -10.0)  # pyctcdecode's defaults: what an untuned LM decodes with
+START = PYCTCDECODE_WEIGHTS  # what an untuned LM decodes with
 HARMLESS = (0.0, 0.0, 0.0)  # no LM score at all: beam search as without the LM
-NAMES = ("alpha", "beta", "unk_score_offset")
+NAMES = WEIGHT_NAMES
+FLAGS = ("--alpha", "--beta", "--unk-offset")
 
 
 def parse_range(text: str, flag: str) -> tuple[float, ...]:
@@ -80,7 +87,7 @@ class TuneOptions:
     threads: int | None = None
     backend: str = "onnxruntime"
     providers: Sequence[str] | str | None = None
-    progress: bool = False
+    progress: bool = False  # a progress bar (a terminal); else one log line per stage, with times
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
@@ -98,12 +105,23 @@ class TuneOptions:
             raise XlsrEdgeError(
                 f"--unk-offset: the unknown-word offset must be <= 0, got {max(self.unk_offsets)}"
             )
+        for flag, name, values in zip(FLAGS, NAMES, self.candidates):
+            low, high = WEIGHT_RANGES[name]
+            if min(values) < low or max(values) > high:
+                raise XlsrEdgeError(
+                    f"{flag}: values from {low:g} to {high:g} (what a tuned sidecar may hold), "
+                    f"got {min(values):g} to {max(values):g}"
+                )
         if self.rounds < 1:
             raise XlsrEdgeError(f"rounds must be >= 1, got {self.rounds}")
         if self.beam_width < 1:
             raise XlsrEdgeError(f"--beam-width must be >= 1, got {self.beam_width}")
         if self.workers < 0:
             raise XlsrEdgeError(f"--workers must be >= 0, got {self.workers}")
+
+    @property
+    def candidates(self) -> tuple[tuple[float, ...], ...]:
+        return (self.alphas, self.betas, self.unk_offsets)
 
 
 @dataclass(frozen=True)
@@ -199,11 +217,19 @@ class TuneResult:
         }
 
 
+def _describe(row: Row) -> str:
+    a, b, u = row.weights or HARMLESS
+    return f"alpha {_fmt(a)}, beta {_fmt(b)}, unk offset {_fmt(u)}: WER {100 * row.rates.wer:.2f} %"
+
+
 def _search(
-    evaluate: Callable[[tuple[float, float, float]], Row], options: TuneOptions
+    evaluate: Callable[[tuple[float, float, float]], Row],
+    options: TuneOptions,
+    note: Callable[[str], None] = lambda msg: None,
 ) -> tuple[Row, list[Row]]:
-    """Coordinate or grid search; returns (the untuned start row, every row tried in order)."""
-    candidates = (options.alphas, options.betas, options.unk_offsets)
+    """Coordinate or grid search; returns (the untuned start row, every row tried in order). `note` gets one
+    line per pass over a weight (coordinate) or per tenth of the grid."""
+    candidates = options.candidates
     tried: dict[tuple[float, float, float], Row] = {}
 
     def run(weights: tuple[float, float, float]) -> Row:
@@ -214,19 +240,23 @@ def _search(
     untuned = run(START)
     run(HARMLESS)  # always measured: what `helps == False` records
     if options.search == "grid":
-        for a in options.alphas:
-            for b in options.betas:
-                for u in options.unk_offsets:
-                    run((a, b, u))
+        grid = [(a, b, u) for a in options.alphas for b in options.betas for u in options.unk_offsets]
+        for i, weights in enumerate(grid, 1):
+            run(weights)
+            if i == len(grid) or i % max(1, len(grid) // 10) == 0:
+                best = min(tried.values(), key=lambda r: r.key)
+                note(f"grid: {i} of {len(grid)} settings; best so far {_describe(best)}")
         return untuned, list(tried.values())
     current = min((untuned, tried[HARMLESS]), key=lambda r: r.key).weights
     # the start may lie outside user-given candidate lists: begin from the candidates nearest to it
     current = tuple(min(c, key=lambda v, x=x: abs(v - x)) for c, x in zip(candidates, current))
-    for _ in range(options.rounds):
+    for round_ in range(1, options.rounds + 1):
         before = current
         for dim, values in enumerate(candidates):
             rows = [run(current[:dim] + (v,) + current[dim + 1 :]) for v in values]
-            current = min(rows, key=lambda r: r.key).weights
+            best = min(rows, key=lambda r: r.key)
+            current = best.weights
+            note(f"round {round_}, {NAMES[dim]}: {len(values)} values; best {_describe(best)}")
         if current == before:
             break
     return untuned, list(tried.values())
@@ -240,11 +270,16 @@ def tune_logits(
     options: TuneOptions | None = None,
     *,
     manifest: str = "",
+    stage: Stages | None = None,
 ) -> TuneResult:
-    """Tune on precomputed logits ([frames, vocab] per utterance) and their reference texts."""
+    """Tune on precomputed logits ([frames, vocab] per utterance) and their reference texts. Without a progress
+    bar (`options.progress`), each stage is a log line with its time (`stage`, default a new `lm tune` clock).
+    A best weight on the edge of its candidates is said in a `note:` line (`edge_notes`)."""
     from xlsr_edge.decoders import BeamDecoder, BeamOptions, GreedyDecoder
 
     options = options or TuneOptions()
+    stage = stage or Stages("lm tune")
+    say = (lambda msg: None) if options.progress else stage
     if len(logits) != len(refs):
         raise ValueError(f"{len(logits)} logits but {len(refs)} references")
     if not logits:
@@ -263,6 +298,7 @@ def tune_logits(
         return Row(label, weights, error_rates(list(refs), hyps, language=lang))
 
     t0 = time.perf_counter()
+    say(f"decoding {len(logits)} utterances greedily and with beam search without the LM")
     greedy = score("greedy", GreedyDecoder(vocab))
     beam_options = dict(beam_width=options.beam_width, num_workers=options.workers)
     with BeamDecoder(vocab, BeamOptions(**beam_options)) as plain:
@@ -271,17 +307,12 @@ def tune_logits(
 
     start = dict(zip(NAMES, START))
     lm_options = BeamOptions(lm_path=str(lm_path), **start, **beam_options)
-    bar = None
-    if options.progress:
-        from tqdm import tqdm
-
-        total = (
-            len(options.alphas) * len(options.betas) * len(options.unk_offsets) + 2
-            if options.search == "grid"
-            else None
-        )
-        bar = tqdm(total=total, unit="setting", desc="lm tune", leave=False)
+    bar = _progress_bar(options)
     t0 = time.perf_counter()
+    say(
+        f"greedy WER {100 * greedy.rates.wer:.2f} %, beam without the LM {100 * beam.rates.wer:.2f} %; "
+        f"{options.search} search of the LM weights with {Path(lm_path).name}"
+    )
     try:
         with BeamDecoder(vocab, lm_options, check_coverage=False) as fused:
             lm_words = fused.lm_words
@@ -294,19 +325,20 @@ def tune_logits(
                     bar.set_postfix_str(f"best WER so far {100 * row.rates.wer:.1f} %", refresh=False)
                 return row
 
-            untuned, rows = _search(evaluate, options)
+            untuned, rows = _search(evaluate, options, say)
     finally:
         if bar is not None:
             bar.close()
     seconds["search"] = round(time.perf_counter() - t0, 3)
     best = min(rows, key=lambda r: r.key)
     helps = best.key[:2] < beam.key[:2]
+    say(f"{len(rows)} settings decoded; best {_describe(best)}")
     lm_oov = None
     if lm_words:
-        from xlsr_edge.decoders.lm import oov_rate
+        from xlsr_edge.lm.coverage import oov_rate
 
         lm_oov = oov_rate(lm_words, (normalize_text(r, lang) for r in refs)).rate
-    return TuneResult(
+    result = TuneResult(
         lm=str(lm_path),
         manifest=manifest,
         utterances=greedy.rates.utterances,
@@ -322,6 +354,48 @@ def tune_logits(
         lm_oov=lm_oov,
         seconds=seconds,
     )
+    for line in edge_notes(result, options):
+        logger.warning("%s", line)
+    return result
+
+
+def _progress_bar(options: TuneOptions):
+    """A tqdm bar of the settings tried (a terminal), else None."""
+    if not options.progress:
+        return None
+    from tqdm import tqdm
+
+    total = (
+        len(options.alphas) * len(options.betas) * len(options.unk_offsets) + 2
+        if options.search == "grid"
+        else None
+    )
+    return tqdm(total=total, unit="setting", desc="lm tune", leave=False)
+
+
+def edge_notes(result: TuneResult, options: TuneOptions) -> list[str]:
+    """A `note:` line for each recorded weight that is the lowest or highest of its candidates (where the
+    weight could go further: not alpha 0, not offset 0): the best setting may lie beyond the range tried."""
+    if not result.helps:
+        return []  # the harmless weights are recorded: they are no choice within the ranges
+    notes = []
+    for flag, name, values, value in zip(FLAGS, NAMES, options.candidates, result.weights):
+        if len(values) < 2:
+            continue
+        low, high = WEIGHT_RANGES[name]
+        ordered = sorted(values)
+        step = min(b - a for a, b in zip(ordered, ordered[1:]))
+        if value == ordered[0] and value > low:
+            side, suggestion = "lowest", f"{max(low, value - 4 * step):g}:{value:g}:{step:g}"
+        elif value == ordered[-1] and value < high:
+            side, suggestion = "highest", f"{value:g}:{min(high, value + 4 * step):g}:{step:g}"
+        else:
+            continue
+        notes.append(
+            f"note: the best {name.replace('_', ' ')}, {value:g}, is the {side} value tried ({flag}): a better "
+            f"one may lie beyond it; try {flag} {suggestion}"
+        )
+    return notes
 
 
 def tune(
@@ -329,10 +403,11 @@ def tune(
 ) -> TuneResult:
     """Compute the dev set's logits once with `bundle`, then tune (tune_logits). Utterances without audio or
     whose audio cannot be used are left out and counted."""
-    from xlsr_edge.decoders.lm import check_lm_file
+    from xlsr_edge.decoders.lm_files import check_lm_file
     from xlsr_edge.runtime import Recognizer, TranscribeOptions
 
     options = options or TuneOptions()
+    stage = Stages("lm tune")
     lm = Path(lm_path)
     if not lm.is_file():
         raise XlsrEdgeError(f"language model not found: {lm_path}")
@@ -346,6 +421,8 @@ def tune(
     present, missing = split_missing(utts)
     present = [u for u in present if u.text]
     t0 = time.perf_counter()
+    if not options.progress:
+        stage(f"computing the logits of {len(present)} utterances with {bundle}")
     with Recognizer.from_bundle(
         bundle, backend=options.backend, providers=options.providers, threads=options.threads
     ) as rec:
@@ -363,6 +440,7 @@ def tune(
         lm,
         options,
         manifest=str(manifest),
+        stage=stage,
     )
     result.missing = len(missing)
     result.failed = failed

@@ -28,7 +28,7 @@ The recipe, step by step (each step is a small function below):
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -113,7 +113,7 @@ __all__ = [
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    logging.getLogger(__name__).info(msg)  # the CLI shows it on stderr (xlsr_edge.cli.cli_logging)
 
 
 def load_data(options: FinetuneOptions, resuming: bool) -> TrainData:

@@ -28,7 +28,7 @@ What a corpus is made of (all decided by ``--seed``; the same seed and options g
 the file is spoken (``repeat`` times, each with its own drawn voice, speed and pitch) into one manifest,
 ``sentences.jsonl``, in file order, so an LM's effect can be measured on text with real word order. espeak-ng
 reads the line as written (punctuation gives it its pauses); the transcript is the normalized line fitted to
-the language's alphabet like an LM corpus (``xlsr_edge.decoders.lm.TextFitter``: apostrophes removed,
+the language's alphabet like an LM corpus (``xlsr_edge.lm.fit.TextFitter``: apostrophes removed,
 ``ankara'ya`` -> ``ankaraya``). A line with a word the alphabet cannot spell (digits, foreign letters) is left
 out and counted: espeak-ng would say it in a way no transcript can write. ``hours`` is then an optional cap.
 """
@@ -340,7 +340,7 @@ def holdout_plan(plan: Plan, voice: str, seed: int) -> Plan:
 def read_sentences(path: Path, language: str) -> tuple[list[tuple[str, str]], list[str], list[str]]:
     """(spoken line, transcript) per usable line of a sentence file, the lines left out, and what fitting the
     transcripts to the language's alphabet changed (see the module docstring)."""
-    from xlsr_edge.decoders.lm import TextFitter
+    from xlsr_edge.lm.fit import TextFitter
 
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
