@@ -132,6 +132,9 @@ class Recognizer:
         folder = Path(path)
         # validates bundle.json and refuses every path it names that leads outside the folder (graph included)
         manifest = load_bundle(folder, verify=verify)
+        from xlsr_edge.lm.weights import with_tuned_weights
+
+        decoder = with_tuned_weights(decoder)  # BeamOptions with an LM: the weights `lm tune` stored for it
         kwargs = dict(runner_kwargs)
         if backend == "onnxruntime":
             kwargs.update(providers=providers, threads=threads)
