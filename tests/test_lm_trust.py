@@ -350,3 +350,16 @@ def test_edge_notes_say_which_way_to_extend_the_range():
     assert "--unk-offset -30:-10:5" in notes[2]
     assert edge_notes(result((0.0, 0.0, 0.0)), options) == []  # alpha 0 and offset 0 cannot go further
     assert edge_notes(result((0.5, 0.0, -5.0)), options) == []
+
+
+def test_recognizer_hands_the_tuned_weights_to_its_decoder(lm, tiny_bundle):
+    pytest.importorskip("pyctcdecode")
+    pytest.importorskip("kenlm")
+    from xlsr_edge.runtime import Recognizer
+
+    tuned_path_for(lm).write_text(sidecar_with(lm, alpha=2.0), encoding="utf-8")
+    with Recognizer.from_bundle(tiny_bundle, decoder=BeamOptions(lm_path=str(lm), beam_width=4)) as rec:
+        weights = rec.decoder.weights
+    assert weights.from_sidecar and weights.alpha == 2.0 and weights.source == "tuned (lm.tuned.json)"
+    with Recognizer.from_bundle(tiny_bundle, decoder=BeamOptions(lm_path=str(lm), alpha=0.1)) as rec:
+        assert (rec.decoder.weights.alpha, rec.decoder.weights.beta) == (0.1, 1.0)  # given wins, field by field
