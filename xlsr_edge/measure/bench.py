@@ -36,8 +36,8 @@ How ``run_bench`` measures:
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,6 +76,8 @@ from xlsr_edge.measure.timing import (
     summarize,
     throughput,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLOCKS",
@@ -352,7 +354,7 @@ def run_bench(
     """Run the benchmark (see the module docstring); returns {"rows", "baseline", "baseline_sane", "settings",
     "environment", "load_during_rounds", "method", "provenance"}. `command`: what to record as the command line
     (default sys.argv)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or logging.getLogger(__name__).info  # the CLI shows it on stderr
     run = start_run(command)
     sample_rate = _sample_rate(config)
     base = load_source_audio(config.audio, sample_rate, max_seconds=max(60.0, 2 * max(config.seconds)))

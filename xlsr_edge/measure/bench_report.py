@@ -7,8 +7,8 @@ where matplotlib is importable (``plot_available``; ``pip install 'xlsr-edge[eva
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,8 @@ from typing import Any
 
 from xlsr_edge.errors import MissingDependencyError, require
 from xlsr_edge.measure.sysinfo import isa_summary
+
+logger = logging.getLogger(__name__)
 
 
 def write_json(path: str | Path, data: Any) -> Path:
@@ -210,7 +212,7 @@ def write_results(
     when drawing fails) the results are written all the same, the plot is left out and `log` says so."""
     from xlsr_edge.outputs import atomic_output
 
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or logging.getLogger(__name__).info  # the CLI shows it on stderr
     folder = Path(folder)
     written = [folder / "results.json", folder / "results.md"]
     with atomic_output(folder, _results_kind(), overwrite=True, overwrite_flag=None) as tmp:
