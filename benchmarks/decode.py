@@ -30,18 +30,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from xlsr_edge.measure.bench import (
+from _common import (
     environment,
-    exact_audio,
     interleave,
-    load_source_audio,
+    logger,
     markdown_table,
     plot_bars,
+    start,
     summarize,
-    throughput,
-    write_json,
+    write_results,
 )
+
+from xlsr_edge.measure.bench import exact_audio, load_source_audio, throughput
 
 RATE = 16000
 GREEDY_SHARE_GOAL = 0.02
@@ -101,8 +101,7 @@ def sentences(n: int, seed: int) -> list[str]:
     return out
 
 
-def log(msg: str) -> None:
-    print(f"[decode bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger("decode bench")
 
 
 # -- setup ---------------------------------------------------------------------------------------------------
@@ -316,6 +315,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the end-to-end run")
     ap.add_argument("--no-synthetic", action="store_true", help="only recorded logits")
     args = ap.parse_args()
+    run = start()
 
     from xlsr_edge.bundle import load_bundle
     from xlsr_edge.decoders import BeamDecoder, BeamOptions, GreedyDecoder, Vocabulary
@@ -433,34 +433,34 @@ def main() -> int:
             "",
         ]
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", results)
-    (args.out / "results.md").write_text(md, encoding="utf-8")
-    plot_bars(
-        dec_rows,
-        args.out / "decode_throughput.png",
-        value="x_real_time_per_core",
-        group=lambda r: r["decoder"],
-        series=lambda r: f"{r['logits']} logits",
-        title=f"decoding speed, beam width {args.beam_width}",
-        ylabel="× real time per core (log)",
-        log=True,
-    )
     split = [
         {"decoder": r["decoder"], "stage": s, "seconds": r[f"{s}_s"]}
         for r in e2e_rows
         for s in ("front_end", "inference", "decode")
     ]
-    plot_bars(
-        split,
-        args.out / "e2e_split.png",
-        value="seconds",
-        group=lambda r: r["stage"],
-        series=lambda r: r["decoder"],
-        title=f"transcribe of {audio_s:.0f} s of audio, by stage",
-        ylabel="seconds, median (log)",
-        log=True,
-    )
+    plots = [
+        lambda: plot_bars(
+            dec_rows,
+            args.out / "decode_throughput.png",
+            value="x_real_time_per_core",
+            group=lambda r: r["decoder"],
+            series=lambda r: f"{r['logits']} logits",
+            title=f"decoding speed, beam width {args.beam_width}",
+            ylabel="× real time per core (log)",
+            log=True,
+        ),
+        lambda: plot_bars(
+            split,
+            args.out / "e2e_split.png",
+            value="seconds",
+            group=lambda r: r["stage"],
+            series=lambda r: r["decoder"],
+            title=f"transcribe of {audio_s:.0f} s of audio, by stage",
+            ylabel="seconds, median (log)",
+            log=True,
+        ),
+    ]
+    write_results(args.out, results, run, markdown=md, plots=plots, log=log)
     print(json.dumps(results, indent=2, ensure_ascii=False, default=str))
     print(md)
     return 0

@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import REPO, start, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 DEMO = ROOT / "models" / "demo-tr"
 DATA = ROOT / "benchmarks" / "data"
 UNTUNED = (0.5, 1.5, -10.0)
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
     args = ap.parse_args()
+    run = start()
 
     from xlsr_edge.bundle import load_bundle
     from xlsr_edge.export import export_bundle
@@ -272,11 +274,7 @@ def main() -> None:
     )
     md = markdown(results)
     print(md)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(
-        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    (args.output / "results.md").write_text(md + "\n", encoding="utf-8")
+    write_results(args.output, {"sets": results}, run, markdown=md)
 
 
 if __name__ == "__main__":
