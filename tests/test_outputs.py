@@ -394,6 +394,7 @@ def test_finetune_overwrite_interrupted_with_saved_state_replaces_the_earlier_ru
 
 def test_finetune_logs_progress_lines_without_a_terminal(speech_dir, tmp_path, capsys):
     pytest.importorskip("transformers")
+    from xlsr_edge.cli import cli_logging
     from xlsr_edge.train.finetune import finetune
 
     texts = ["iyi günler", "çocuklar bahçede oynuyor", "öğretmen sınıfa girdi ve ders başladı"]
@@ -407,7 +408,8 @@ def test_finetune_logs_progress_lines_without_a_terminal(speech_dir, tmp_path, c
     opts = _finetune_options(
         out, max_steps=4, batch_size=2, threads=1, save_every=0, log_every=2, progress=False
     )
-    result = finetune(opts.__class__(**{**opts.__dict__, "train": manifest, "dev": manifest}))
+    with cli_logging():  # the library logs; the CLI's handler puts the lines on stderr
+        result = finetune(opts.__class__(**{**opts.__dict__, "train": manifest, "dev": manifest}))
     assert result.finished and (out / "model.safetensors").is_file()
     steps = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
     assert [line.split(":")[0] for line in steps] == ["step 2/4", "step 4/4"]

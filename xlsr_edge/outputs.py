@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -51,6 +52,7 @@ MARKER = (
 )
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.xlsr-(?P<stage>tmp|old)-(?P<pid>\d+)(?:-\d+)?$")
 _RENAME_EXCHANGE = 2
+logger = logging.getLogger(__name__)
 _AT_FDCWD = -100
 
 
@@ -136,7 +138,7 @@ def _removable(path: Path, kind: OutputKind | None, pid: int) -> bool:
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    logger.warning("%s", msg)  # touches the user's disk: shown also with --quiet
 
 
 def recover(target: Path, kind: OutputKind | None = None) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ FOREIGN_LETTERS_SHARE = 0.05
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    logger.info(msg)
 
 
 @dataclass

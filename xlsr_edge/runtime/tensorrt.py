@@ -8,8 +8,8 @@ way. No torch: this module runs on a Jetson, where engines must be built on the 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -194,9 +194,8 @@ def _progress_monitor(trt):
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             if parent_phase is None:
-                print(
-                    f"[{time.perf_counter() - self.t0:6.1f}s] {phase_name} ({num_steps} steps)",
-                    file=sys.stderr,
+                logging.getLogger(__name__).info(
+                    "[%6.1fs] %s (%s steps)", time.perf_counter() - self.t0, phase_name, num_steps
                 )
 
         def step_complete(self, phase_name, step):

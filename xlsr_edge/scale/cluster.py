@@ -322,9 +322,11 @@ def pool_size(conn: Connection, pool: PoolOptions) -> tuple[int, int]:
             f"this machine offers {has}: {pool.workers} workers of {want} do not fit; "
             "lower --workers or the per-worker resources"
         )
-    print(
-        f"note: the Ray cluster has {has} now, enough for {fit} of the {pool.workers} workers of {want}; "
-        "the pool grows as nodes join",
-        file=sys.stderr,
+    logging.getLogger(__name__).warning(
+        "note: the Ray cluster has %s now, enough for %s of the %s workers of %s; the pool grows as nodes join",
+        has,
+        fit,
+        pool.workers,
+        want,
     )
     return max(1, fit), pool.workers

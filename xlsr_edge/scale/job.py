@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -360,7 +361,9 @@ def transcribe_dataset(
             else:
                 finish(check=False)
         except Exception as inner:  # noqa: BLE001 - the first failure is the one to report
-            print(f"note: could not write the last rows or _summary.json: {inner}", file=sys.stderr)
+            logging.getLogger(__name__).warning(
+                "note: could not write the last rows or _summary.json: %s", inner
+            )
         raise
     return finish(check=True)
 
