@@ -31,6 +31,7 @@ from xlsr_edge.decoders.options import LM_SUFFIXES
 from xlsr_edge.errors import XlsrEdgeError
 from xlsr_edge.lm.fit import TextFitter, normalize_corpus
 from xlsr_edge.outputs import install_files, recover, scratch_folder
+from xlsr_edge.progress import Stages
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +41,6 @@ BUILD_TOOL = "xlsr-edge lm build"
 # KENLM_MAX_ORDER of the kenlm module and build_binary as pip and scripts/build_kenlm.sh build them
 KENLM_MAX_ORDER = 6
 _STDERR_TAIL_LINES = 15
-
-
-class Stages:
-    """One log line per stage of a long job, `WHAT [  12.3 s] message` (seconds since it started)."""
-
-    def __init__(self, what: str, log: Callable[[str], None] | None = None) -> None:
-        self.what = what
-        self.log = log or logger.info
-        self.started = time.monotonic()
-
-    def __call__(self, msg: str) -> None:
-        self.log(f"{self.what} [{time.monotonic() - self.started:6.1f} s] {msg}")
 
 
 # -- KenLM's tools -------------------------------------------------------------------------------------------
@@ -344,7 +333,7 @@ def build_lm(
     check_build_outputs(out_path, text_path, overwrite=overwrite, digests=digests)  # before the work
     tools = find_kenlm_binaries(kenlm_bin)
     recover(out_path)
-    stage = Stages("lm build")
+    stage = Stages("lm build", logger.info)
     unigrams, record = unigrams_path_for(out_path), build_record_path(out_path)
     try:
         with scratch_folder(out_path) as tmpdir:

@@ -33,9 +33,9 @@ from xlsr_edge.constants import DEFAULT_BATCH_SIZE
 from xlsr_edge.datasets import read_manifest, split_missing
 from xlsr_edge.decoders.options import PYCTCDECODE_WEIGHTS, WEIGHT_NAMES
 from xlsr_edge.errors import XlsrEdgeError
-from xlsr_edge.lm.build import Stages
 from xlsr_edge.lm.weights import WEIGHT_RANGES
 from xlsr_edge.measure.metrics import ErrorRates, error_rates, normalize_text
+from xlsr_edge.progress import Stages
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def tune_logits(
     from xlsr_edge.decoders import BeamDecoder, BeamOptions, GreedyDecoder
 
     options = options or TuneOptions()
-    stage = stage or Stages("lm tune")
+    stage = stage or Stages("lm tune", logger.info)
     say = (lambda msg: None) if options.progress else stage
     if len(logits) != len(refs):
         raise ValueError(f"{len(logits)} logits but {len(refs)} references")
@@ -407,7 +407,7 @@ def tune(
     from xlsr_edge.runtime import Recognizer, TranscribeOptions
 
     options = options or TuneOptions()
-    stage = Stages("lm tune")
+    stage = Stages("lm tune", logger.info)
     lm = Path(lm_path)
     if not lm.is_file():
         raise XlsrEdgeError(f"language model not found: {lm_path}")
