@@ -146,6 +146,26 @@ def test_a_replacement_interrupted_after_its_record_keeps_the_old_files_recognis
     assert "wörter" in (tmp_path / "lm.unigrams.txt").read_text(encoding="utf-8")
 
 
+def test_a_full_disk_is_one_error_line_and_the_old_lm_stays(tools, corpus, tmp_path, monkeypatch, capfd):
+    import errno
+
+    out = tmp_path / "lm.arpa"
+    build_lm(corpus, out)
+    before = files(tmp_path)
+
+    def full(pairs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lm_build, "install_files", full)
+    rc, err, lines = run_cli(capfd, "lm", "build", corpus, "-o", out, "--overwrite")
+    errors = [line for line in lines if not line.startswith("lm build [")]  # progress lines come first
+    assert rc == 2 and errors == [f"error: lm build: cannot write {out}: No space left on device"], err
+    assert {k: v for k, v in files(tmp_path).items() if k != "lm.build.json"} == {
+        k: v for k, v in before.items() if k != "lm.build.json"
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before) + ["tools"]  # no temp folder left
+
+
 # -- counts and tools (27.10, 27.3) --------------------------------------------------------------------------------
 
 
@@ -362,4 +382,5 @@ def test_recognizer_hands_the_tuned_weights_to_its_decoder(lm, tiny_bundle):
         weights = rec.decoder.weights
     assert weights.from_sidecar and weights.alpha == 2.0 and weights.source == "tuned (lm.tuned.json)"
     with Recognizer.from_bundle(tiny_bundle, decoder=BeamOptions(lm_path=str(lm), alpha=0.1)) as rec:
-        assert (rec.decoder.weights.alpha, rec.decoder.weights.beta) == (0.1, 1.0)  # given wins, field by field
+        given = rec.decoder.weights  # given wins, field by field
+    assert (given.alpha, given.beta) == (0.1, 1.0)
