@@ -262,3 +262,77 @@ def test_numpy_arrays_are_accepted(tiny_bundle, speech_dir):
         from_arrays = rec.transcribe(arrays, sample_rate=16000)
     assert [t.text for t in from_arrays] == [t.text for t in from_files]
     assert from_arrays[0].audio == "<array 0>"
+
+
+# -- the one batched-inference path (runtime.batching.run_batches) ------------------------------------------------
+
+
+class _Recording:
+    """A runner that records what it is fed and hands it to the real one."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.calls = runner, []
+        self.max_batch = None
+
+    def infer(self, values, mask):
+        self.calls.append((values.shape, None if mask is None else mask.copy()))
+        return self.runner.infer(values, mask)
+
+
+def _runner(bundle: Path):
+    from xlsr_edge.bundle import read_manifest
+    from xlsr_edge.runtime.runners import make_runner
+
+    manifest = read_manifest(bundle)
+    return manifest.model, make_runner("onnxruntime", bundle, manifest, threads=1).activate()
+
+
+def test_run_batches_gives_each_clip_its_own_logits(tiny_bundle, speech_dir):
+    """Padded batches (a graph with an attention mask) give every clip the logits it gets alone."""
+    from xlsr_edge.runtime.batching import run_batches
+
+    info, runner = _runner(tiny_bundle)
+    assert info.uses_attention_mask
+    clips = [normalize(a, True) for a in speech_arrays(speech_dir, 3)]
+    # each cut clip is close in length to its whole clip: they share a padded batch
+    arrays = clips + [c[: len(c) * 9 // 10] for c in clips]
+    rec = _Recording(runner)
+    got: dict[int, np.ndarray] = {}
+    for batch, logits in run_batches(rec, arrays, batch_size=4, uses_mask=True, max_padding=0.9):
+        got.update(zip(batch, logits))
+    assert sorted(got) == list(range(len(arrays)))
+    assert any(shape[0] > 1 for shape, _ in rec.calls) and all(m is not None for _, m in rec.calls)
+    assert any((m == 0).any() for _, m in rec.calls)  # some batch was padded
+    for i, a in enumerate(arrays):
+        alone, lengths = runner.infer(a[None], None)
+        assert got[i].shape[0] == int(lengths[0]) == info.frames_for(len(a))
+        np.testing.assert_allclose(got[i], alone[0, : int(lengths[0])], atol=1e-4)
+
+
+def test_run_batches_never_pads_a_graph_without_a_mask(tiny_group_bundle, speech_dir):
+    from xlsr_edge.runtime.batching import padding_limit, run_batches
+
+    info, runner = _runner(tiny_group_bundle)
+    assert not info.uses_attention_mask and padding_limit(False) == 0.0 and padding_limit(True) > 0
+    a = speech_arrays(speech_dir, 3)
+    arrays = [a[0], a[1], a[0].copy(), a[2], a[1][:-1]]
+    rec = _Recording(runner)
+    out = {}
+    for batch, logits in run_batches(rec, arrays, batch_size=8, uses_mask=False, max_padding=0.9):
+        assert len({len(arrays[i]) for i in batch}) == 1  # equal lengths only
+        out.update(zip(batch, logits))
+    assert all(mask is None for _, mask in rec.calls)
+    assert len(rec.calls) == 4 and sorted(shape[0] for shape, _ in rec.calls) == [1, 1, 1, 2]
+    np.testing.assert_array_equal(out[0], out[2])
+
+
+def test_run_batches_fits_the_engine_profile(tiny_bundle, speech_dir):
+    from xlsr_edge.runtime.batching import run_batches
+
+    _, runner = _runner(tiny_bundle)
+    rec = _Recording(runner)
+    rec.max_batch = 2
+    clips = [normalize(a, True) for a in speech_arrays(speech_dir, 3)]
+    arrays = clips + [c[:-160] for c in clips]
+    done = [i for batch, _ in run_batches(rec, arrays, batch_size=8, uses_mask=True) for i in batch]
+    assert sorted(done) == list(range(6)) and all(shape[0] <= 2 for shape, _ in rec.calls)

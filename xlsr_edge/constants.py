@@ -42,6 +42,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_CHUNK_CONTEXT_SECONDS = 5.0
 DEFAULT_BATCH_SIZE = 8
+# Batches of windows close when zero padding would exceed this share of the padded batch (runtime.batching.bucket).
+# Graphs without an attention mask are never padded (runtime.batching.padding_limit: equal lengths only).
+MAX_PADDING = 0.25
 # Longest input transcribe accepts (TranscribeOptions.max_seconds, --max-seconds; 0 disables). Audio is streamed
 # window by window, so memory grows only with the logits (50 frames/s x vocabulary, about 100 MB for 4 h); 4 h
 # covers a long meeting or lecture in one file, while a header that claims days is refused at once.

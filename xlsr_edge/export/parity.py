@@ -13,7 +13,7 @@ from xlsr_edge.data import default_clips
 from xlsr_edge.decoders import GreedyDecoder, Vocabulary
 from xlsr_edge.errors import ExportError
 from xlsr_edge.runtime.audio import load_audio, normalize
-from xlsr_edge.runtime.batching import pad_batch
+from xlsr_edge.runtime.batching import infer_batch, pad_batch
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner
 
 
@@ -92,13 +92,12 @@ def torch_logits(model, info: ModelInfo, arrays: list[np.ndarray], batched: bool
         return [run([a])[0, : info.frames_for(len(a))] for a in arrays]
 
 
-def _ort_logits(runner: Runner, arrays: list[np.ndarray], batched: bool):
+def _ort_logits(runner: Runner, arrays: list[np.ndarray], uses_mask: bool, batched: bool):
+    """The graph's valid logits and reported lengths per clip: all clips as one padded batch, or each alone."""
     if batched:
-        values, mask = pad_batch(arrays)
-        logits, lengths = runner.infer(values, mask)
-        return [logits[i, : lengths[i]] for i in range(len(arrays))], lengths.tolist()
-    outs = [runner.infer(a[None], None) for a in arrays]
-    return [lg[0, : ln[0]] for lg, ln in outs], [int(ln[0]) for _, ln in outs]
+        return infer_batch(runner, arrays, uses_mask)
+    outs = [infer_batch(runner, [a], uses_mask) for a in arrays]
+    return [lg[0] for lg, _ in outs], [n[0] for _, n in outs]
 
 
 def _compare(a: list[np.ndarray], b: list[np.ndarray], decoder: GreedyDecoder) -> dict:
@@ -137,15 +136,15 @@ def run_parity(
     expected_frames = [info.frames_for(len(a)) for a in arrays]
     mask = info.uses_attention_mask
     with graph if isinstance(graph, Runner) else OnnxRuntimeRunner(graph) as runner:
-        alone, alone_lengths = _ort_logits(runner, arrays, batched=False)
+        alone, alone_lengths = _ort_logits(runner, arrays, mask, batched=False)
         if mask:
-            batch, batch_lengths = _ort_logits(runner, arrays, batched=True)
+            batch, batch_lengths = _ort_logits(runner, arrays, mask, batched=True)
             single = alone
         else:  # the runtime batches equal lengths only: check exactly that
             short = min(len(a) for a in arrays)
             cut = [a[:short] for a in arrays]
-            batch, batch_lengths = _ort_logits(runner, cut, batched=True)
-            single, _ = _ort_logits(runner, cut, batched=False)
+            batch, batch_lengths = _ort_logits(runner, cut, mask, batched=True)
+            single, _ = _ort_logits(runner, cut, mask, batched=False)
         checked = batch if mask else alone
         report: dict = {
             "mode": "padded batch" if mask else "feed unpadded (equal-length batches)",

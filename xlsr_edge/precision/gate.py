@@ -20,7 +20,7 @@ from xlsr_edge.decoders import GreedyDecoder, Vocabulary
 from xlsr_edge.measure.metrics import error_rates
 from xlsr_edge.precision.calibration_set import load_utterance
 from xlsr_edge.runtime.audio import normalize
-from xlsr_edge.runtime.batching import bucket, pad_batch
+from xlsr_edge.runtime.batching import run_batches
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner
 
 GATE_BATCH_SIZE = 8
@@ -87,14 +87,13 @@ def run_graph(
 
     `wrap`: turns the graph's runner into a logits runner (a multi-language backbone plus one language's head)."""
     out: list[np.ndarray | None] = [None] * len(arrays)
-    max_padding = 0.25 if info.uses_attention_mask else 0.0
     runner = graph_runner(path, backend, threads)
     with wrap(runner) if wrap is not None else runner as active:
-        for batch in bucket([len(a) for a in arrays], GATE_BATCH_SIZE, max_padding):
-            values, mask = pad_batch([arrays[i] for i in batch])
-            logits, lengths = active.infer(values, mask)
-            for k, i in enumerate(batch):
-                out[i] = np.asarray(logits[k, : int(lengths[k])], dtype=np.float32)
+        for batch, logits in run_batches(
+            active, arrays, batch_size=GATE_BATCH_SIZE, uses_mask=info.uses_attention_mask
+        ):
+            for i, lg in zip(batch, logits):
+                out[i] = np.asarray(lg, dtype=np.float32)
     return out
 
 

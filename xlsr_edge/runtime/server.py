@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xlsr_edge.errors import XlsrEdgeError, require
-from xlsr_edge.runtime.batching import bucket, pad_batch
+from xlsr_edge.runtime.batching import batch_limit, infer_batch, plan_batches
 from xlsr_edge.runtime.stream import Stream, StreamOptions, WindowRequest
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class Batcher:
     def __init__(self, recognizer: Recognizer, max_batch: int, max_wait_s: float) -> None:
         self.runner = recognizer.runner
         self.uses_mask = recognizer.info.uses_attention_mask
-        self.max_batch = max(1, min(max_batch, self.runner.max_batch or max_batch))
+        self.max_batch = batch_limit(self.runner, max_batch)
         self.max_wait_s = max_wait_s
         self.queue: list[tuple[WindowRequest, asyncio.Future]] = []
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="xlsr-infer")
@@ -149,19 +149,14 @@ class Batcher:
             idle = False
             if not batch:
                 continue
-            # models without an attention mask must never see padding: equal lengths only
-            groups = bucket(
-                [len(r.samples) for r, _ in batch], self.max_batch, 0.25 if self.uses_mask else 0.0
-            )
-            for g in groups:
+            for g in plan_batches([len(r.samples) for r, _ in batch], self.max_batch, self.uses_mask):
                 items = [batch[j] for j in g]
                 await self._infer(loop, items)
 
     async def _infer(self, loop, items: list[tuple[WindowRequest, asyncio.Future]]) -> None:
-        values, mask = pad_batch([r.samples for r, _ in items])
         try:
-            logits, lengths = await loop.run_in_executor(
-                self.executor, self.runner.infer, values, mask if self.uses_mask else None
+            outputs, lengths = await loop.run_in_executor(
+                self.executor, infer_batch, self.runner, [r.samples for r, _ in items], self.uses_mask
             )
         except Exception as exc:  # noqa: BLE001 - handed to the streams that wait for it
             for _, fut in items:
@@ -172,7 +167,7 @@ class Batcher:
         self.windows += len(items)
         for k, (_, fut) in enumerate(items):
             if not fut.done():
-                fut.set_result((logits[k], int(lengths[k])))
+                fut.set_result((outputs[k], lengths[k]))
 
 
 class StreamServer:
