@@ -309,7 +309,9 @@ def test_size_checker_can_fail(tmp_path: Path) -> None:
 
 # What xlsr_edge.decoders may import of the package, besides itself: it goes on a Jetson, and whoever builds
 # BeamOptions (Recognizer, the commands) hands it the LM's tuned weights (xlsr_edge.lm.weights).
-DECODERS_MAY_IMPORT = ("xlsr_edge.constants", "xlsr_edge.errors", "xlsr_edge.text")
+# the floor every layer may use; xlsr_edge.limits (numeric option checks) itself imports only constants and errors
+FLOOR = ("xlsr_edge.constants", "xlsr_edge.errors")
+DECODERS_MAY_IMPORT = (*FLOOR, "xlsr_edge.text", "xlsr_edge.limits")
 LM_MUST_NOT_IMPORT = (
     "torch",
     "transformers",
@@ -340,6 +342,12 @@ def package_imports_outside(edges: list[Edge], layer: str, allowed: tuple[str, .
 def test_decoders_import_only_the_floor_and_themselves() -> None:
     _, edges = import_edges(PACKAGE)
     assert package_imports_outside(edges, "xlsr_edge.decoders", DECODERS_MAY_IMPORT) == []
+
+
+def test_limits_imports_only_constants_and_errors() -> None:
+    _, edges = import_edges(PACKAGE)
+    assert any(e.target == "xlsr_edge.limits" for e in edges)  # it is used
+    assert package_imports_outside(edges, "xlsr_edge.limits", FLOOR) == []
 
 
 def test_lm_never_reaches_torch_or_the_export_and_training_side() -> None:

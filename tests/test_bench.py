@@ -143,8 +143,9 @@ def test_bench_torch_baseline(tiny_ckpt, tiny_bundle, tmp_path, capsys):
 def test_bench_user_errors(tiny_bundle, tmp_path, capsys):
     assert main(["bench", str(tmp_path / "nope")]) == 2
     assert "bundle folder not found" in capsys.readouterr().err
-    assert main(["bench", str(tiny_bundle), "--batch", "0", "-o", str(tmp_path)]) == 2
-    assert "--batch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused while parsing (xlsr_edge.limits)
+        main(["bench", str(tiny_bundle), "--batch", "0", "-o", str(tmp_path)])
+    assert exc.value.code == 2 and capsys.readouterr().err == "error: --batch must be >= 1, got 0\n"
     with pytest.raises(SystemExit) as exc:
         main(["bench", str(tiny_bundle), "--seconds", "five"])
     assert exc.value.code == 2

@@ -311,7 +311,9 @@ def test_stream_cli_files_and_user_errors(bundle, tmp_path, clips):
     assert [x["type"] for x in lines] == ["final", "final"] and all(x["audio"] == str(wav) for x in lines)
     for args, what in (
         (["stream", str(bundle), str(tmp_path / "missing.wav")], "no such file"),
-        (["stream", str(bundle), str(wav), "--chunk-seconds", "0"], "chunk_seconds"),
+        (["stream", str(bundle), str(wav), "--chunk-seconds", "0"], "--chunk-seconds must be > 0"),
+        (["stream", str(bundle), str(wav), "--max-utterance-seconds", "inf"], "must be a finite number"),
+        (["stream", str(bundle), "-", "--sample-rate", "1"], "--sample-rate must be >= 8000"),
         (["stream", str(tmp_path / "no-bundle"), str(wav)], ""),
         (["stream", str(bundle), "-", str(wav)], "stdin"),
     ):

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.commands.common import add_backend_argument, check_at_least_one, runner_options
 from xlsr_edge.constants import EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
@@ -13,7 +14,7 @@ from xlsr_edge.errors import XlsrEdgeError
 
 def _list(kind: type, flag: str):
     def parse(text: str) -> list:
-        try:
+        try:  # kind: int, float or a xlsr_edge.limits type (whose range errors argparse prints as they are)
             values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(
@@ -90,10 +91,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--audio", type=Path, default=None, help="folder or manifest to cut/loop (default: shipped clips)"
     )
     p.add_argument(
-        "--seconds", type=_list(float, "--seconds"), default=[5.0, 10.0, 30.0], help="e.g. 5,10,30"
+        "--seconds",
+        type=_list(limits.positive_float(limits.MAX_CHUNK_SECONDS), "--seconds"),
+        default=[5.0, 10.0, 30.0],
+        help="e.g. 5,10,30",
     )
-    p.add_argument("--batch", type=_list(int, "--batch"), default=[1, 8], help="e.g. 1,8")
-    p.add_argument("--threads", type=_list(int, "--threads"), default=[1, 2], help="e.g. 1,2")
+    p.add_argument(
+        "--batch", type=_list(limits.int_in(1, limits.MAX_BATCH), "--batch"), default=[1, 8], help="e.g. 1,8"
+    )
+    p.add_argument("--threads", type=_list(limits.threads(), "--threads"), default=[1, 2], help="e.g. 1,2")
     add_backend_argument(p, openvino_flags=True, multiple=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
@@ -104,7 +110,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also PyTorch eager under torch.autocast('cpu', bfloat16) (needs --torch)",
     )
-    p.add_argument("--repeat", type=int, default=5, help="timed rounds")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per engine and configuration")
+    p.add_argument("--repeat", type=limits.int_in(1, 10_000), default=5, help="timed rounds")
+    p.add_argument(
+        "--warmup",
+        type=limits.int_in(0, 10_000),
+        default=1,
+        help="untimed calls per engine and configuration",
+    )
     p.add_argument("-o", "--output", type=Path, default=Path("out/bench"), help="folder for the results")
     p.set_defaults(fn=_bench)

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.errors import XlsrEdgeError
 
 BACKENDS = ("onnxruntime", "tensorrt", "openvino")
@@ -104,15 +105,19 @@ def add_decoder_arguments(p: argparse.ArgumentParser, *, hotwords: bool) -> None
         p.add_argument(
             "--hotword", action="append", help="boost this word (repeatable), implies --decoder beam"
         )
-        p.add_argument("--hotword-weight", type=float, default=10.0)
-    p.add_argument("--beam-width", type=int, default=100)
+        p.add_argument("--hotword-weight", type=limits.float_in(-1000.0, 1000.0), default=10.0)
+    p.add_argument("--beam-width", type=limits.int_in(1, limits.MAX_BEAM_WIDTH), default=100)
     tuned = "default: the LM's tuned value (`lm tune`, LM.tuned.json) if present, else pyctcdecode's "
-    p.add_argument("--alpha", type=float, default=None, help="LM weight; " + tuned + "0.5")
-    p.add_argument("--beta", type=float, default=None, help="word insertion bonus; " + tuned + "1.5")
+    weight = limits.finite()  # ranges: BeamOptions
+    p.add_argument("--alpha", type=weight, default=None, help="LM weight; " + tuned + "0.5")
+    p.add_argument("--beta", type=weight, default=None, help="word insertion bonus; " + tuned + "1.5")
     p.add_argument(
-        "--unk-offset", type=float, default=None, help="score of a word the LM lacks (<= 0); " + tuned + "-10"
+        "--unk-offset",
+        type=weight,
+        default=None,
+        help="score of a word the LM lacks (<= 0); " + tuned + "-10",
     )
-    p.add_argument("--workers", type=int, default=0, help="beam decoding processes")
+    p.add_argument("--workers", type=limits.workers(), default=0, help="beam decoding processes")
 
 
 def decoder_options(args: argparse.Namespace):

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.commands.common import (
     add_backend_argument,
     add_decoder_arguments,
@@ -97,9 +98,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--report", type=Path, default=None, help="write report.md and report.json (per utterance) here"
     )
-    p.add_argument("--worst", type=int, default=10, help="worst utterances listed in the report")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--worst", type=limits.int_in(0, 1_000_000), default=10, help="worst utterances listed in the report"
+    )
+    p.add_argument("--batch-size", type=limits.int_in(1, limits.MAX_BATCH), default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--threads", type=limits.threads(), default=None, help="onnxruntime intra-op threads")
     add_backend_argument(p, openvino_flags=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.commands.engine import add_engine_arguments
 from xlsr_edge.constants import (
     DEFAULT_OPSET,
@@ -51,18 +52,28 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="MMS: the language of a vocab.json with one vocabulary per language (and its adapter.LANG.safetensors)",
     )
     ap.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
-    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    ap.add_argument("--max-batch", type=int, default=None, help="largest batch the deployment will use")
+    ap.add_argument("--opset", type=limits.int_in(1, 99), default=DEFAULT_OPSET)
+    ap.add_argument(
+        "--max-batch",
+        type=limits.int_in(1, limits.MAX_BATCH),
+        default=None,
+        help="largest batch the deployment will use",
+    )
     ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     ap.add_argument("--no-verify", action="store_true", help="skip the parity gate (not recommended)")
     ap.add_argument(
         "--verify-audio", type=Path, default=None, help="folder or manifest of speech for the gate"
     )
     ap.add_argument("--allow-pickle", action="store_true", help="accept pytorch_model.bin (runs pickle code)")
-    ap.add_argument("--max-abs-diff", type=float, default=PARITY_MAX_ABS_DIFF, help="gate: max |logit diff|")
+    ap.add_argument(
+        "--max-abs-diff",
+        type=limits.positive_float(1e6),
+        default=PARITY_MAX_ABS_DIFF,
+        help="gate: max |logit diff|",
+    )
     ap.add_argument(
         "--min-agreement",
-        type=float,
+        type=limits.float_in(0.0, 1.0),
         default=PARITY_MIN_ARGMAX_AGREEMENT,
         help="gate: frame argmax agreement",
     )
@@ -95,7 +106,7 @@ def _add_precision_arguments(ap: argparse.ArgumentParser) -> None:
     )
     q.add_argument(
         "--calibration-size",
-        type=int,
+        type=limits.int_in(1, 1_000_000),
         default=DEFAULT_CALIBRATION_SIZE,
         metavar="N",
         help="utterances for int8 ranges",
@@ -103,20 +114,24 @@ def _add_precision_arguments(ap: argparse.ArgumentParser) -> None:
     q.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=DEFAULT_CALIBRATION_METHOD)
     q.add_argument(
         "--max-cer-delta",
-        type=float,
+        type=limits.float_in(-100.0, 100.0),
         default=PRECISION_MAX_CER_DELTA,
         metavar="PTS",
         help="gate: CER percentage points the converted graph may add over fp32 (transcribed manifests)",
     )
     q.add_argument(
         "--min-frame-agreement",
-        type=float,
+        type=limits.float_in(0.0, 1.0),
         default=PRECISION_MIN_FRAME_AGREEMENT,
         metavar="F",
         help="gate without transcripts: frame argmax agreement with the fp32 graph",
     )
     q.add_argument(
-        "--gate-size", type=int, default=PRECISION_GATE_SIZE, metavar="N", help="utterances the gate decodes"
+        "--gate-size",
+        type=limits.int_in(1, 1_000_000),
+        default=PRECISION_GATE_SIZE,
+        metavar="N",
+        help="utterances the gate decodes",
     )
     q.add_argument(
         "--gate-backend",
@@ -141,7 +156,7 @@ def _add_precision_arguments(ap: argparse.ArgumentParser) -> None:
         help="what int8 quantizes: MatMul (weights), Gemm, Attention (score/context MatMuls), FeatureEncoder "
         "(CNN layers 1-6 exported as MatMuls: faster on CPU), Conv (ConvInteger: slow, not recommended)",
     )
-    q.add_argument("--seed", type=int, default=0, help="calibration/gate utterance selection")
+    q.add_argument("--seed", type=limits.seed(), default=0, help="calibration/gate utterance selection")
 
 
 def _add_multi_arguments(ap: argparse.ArgumentParser) -> None:
@@ -171,10 +186,7 @@ def _threshold(value: str) -> float | None:
     """--lid-threshold: a probability, or 'auto' (None: calibrated on the held-out --lid-data split)."""
     if value == "auto":
         return None
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability or 'auto', got {value!r}") from None
+    return limits.float_in(0.0, 1.0)(value)
 
 
 def parse_pairs(items: Sequence[str] | None, what: str) -> dict[str, Path]:

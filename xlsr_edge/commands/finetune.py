@@ -6,11 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.constants import EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
 
+# --snr-db bounds: far past any useful signal-to-noise ratio, short of inf and nan
+_SNR_DB = limits.float_in(-100.0, 100.0)
 
-def _pair(text: str, kind=float) -> tuple:
+
+def _pair(text: str, kind=_SNR_DB) -> tuple:
     parts = text.replace(":", ",").split(",")
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}")
@@ -91,26 +95,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix", default=None, metavar="SOURCE_MANIFEST:SHARE", help="share of source utterances")
     p.add_argument("--mix-language", default=None, help="language of the --mix transcripts")
     p.add_argument(
-        "--noise-prob", type=float, default=0.0, help="probability of adding noise to an utterance"
+        "--noise-prob",
+        type=limits.float_in(0.0, 1.0),
+        default=0.0,
+        help="probability of adding noise to an utterance",
     )
     p.add_argument("--snr-db", type=_pair, default=(5.0, 30.0), metavar="LO,HI")
     p.add_argument("--noise-dir", type=Path, default=None, help="folder of noise recordings")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--max-seconds", type=float, default=20.0, help="leave out longer training utterances")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=0, help="steps between dev evaluations (0: every epoch)")
-    p.add_argument("--dev-max", type=int, default=200, help="dev utterances scored during training")
-    p.add_argument("--save-every", type=int, default=200, help="steps between resumable state saves")
+    steps = limits.int_in(0, 10**9)
+    p.add_argument("--epochs", type=limits.int_in(1, 1_000_000), default=10)
+    p.add_argument("--max-steps", type=limits.int_in(1, 10**9), default=None, help="overrides --epochs")
+    p.add_argument("--batch-size", type=limits.int_in(1, limits.MAX_BATCH), default=16)
+    p.add_argument("--lr", type=limits.positive_float(10.0), default=3e-4, help="peak learning rate")
+    p.add_argument("--weight-decay", type=limits.nonneg_float(1.0), default=0.01)
+    p.add_argument("--warmup-ratio", type=limits.float_in(0.0, 1.0, hi_open=True), default=0.1)
+    p.add_argument("--grad-clip", type=limits.nonneg_float(1e6), default=1.0)
+    p.add_argument(
+        "--max-seconds",
+        type=limits.positive_float(limits.MAX_CHUNK_SECONDS),
+        default=20.0,
+        help="leave out longer training utterances",
+    )
+    p.add_argument("--threads", type=limits.threads(), default=None, help="torch threads")
+    p.add_argument("--seed", type=limits.seed(), default=0)
+    p.add_argument(
+        "--eval-every", type=steps, default=0, help="steps between dev evaluations (0: every epoch)"
+    )
+    p.add_argument(
+        "--dev-max", type=limits.int_in(1, 10**7), default=200, help="dev utterances scored during training"
+    )
+    p.add_argument("--save-every", type=steps, default=200, help="steps between resumable state saves")
     p.add_argument(
         "--log-every",
-        type=int,
+        type=steps,
         default=50,
         help="steps between progress lines (loss, dev CER, steps/s, ETA) when stderr is not a terminal",
     )

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.commands.common import add_backend_argument, check_at_least_one
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
@@ -140,7 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = lm.add_parser("build", help="build a KenLM n-gram model with lmplz/build_binary")
     p.add_argument("text", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="LM.arpa or LM.bin")
-    p.add_argument("--order", type=int, default=3, help="n-gram order, 2 to 6 (KenLM's limits)")
+    p.add_argument(
+        "--order", type=limits.int_in(2, 6), default=3, help="n-gram order, 2 to 6 (KenLM's limits)"
+    )
     p.add_argument(
         "--language",
         default=None,
@@ -209,16 +212,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="coordinate",
         help="coordinate: one weight at a time, repeated until nothing changes; grid: every combination",
     )
-    t.add_argument("--beam-width", type=int, default=100)
-    t.add_argument("--workers", type=int, default=0, help="beam decoding processes")
+    t.add_argument("--beam-width", type=limits.int_in(1, limits.MAX_BEAM_WIDTH), default=100)
+    t.add_argument("--workers", type=limits.workers(), default=0, help="beam decoding processes")
     t.add_argument(
         "--language", default=None, help="language code for text normalization (tr/az: dotted/dotless i)"
     )
-    t.add_argument("--top", type=int, default=15, help="settings listed in the table (best first)")
+    t.add_argument(
+        "--top",
+        type=limits.int_in(1, 1_000_000),
+        default=15,
+        help="settings listed in the table (best first)",
+    )
     t.add_argument("--json", action="store_true", help="print every setting as one JSON object")
     t.add_argument("--dry-run", action="store_true", help="print the table, write no sidecar")
-    t.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    t.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    t.add_argument("--batch-size", type=limits.int_in(1, limits.MAX_BATCH), default=DEFAULT_BATCH_SIZE)
+    t.add_argument("--threads", type=limits.threads(), default=None, help="onnxruntime intra-op threads")
     add_backend_argument(t)
     t.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.commands.stream import (
     add_runtime_arguments,
     add_stream_arguments,
@@ -54,17 +55,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundle", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port (printed on stderr)")
-    p.add_argument("--max-streams", type=int, default=16, help="more connections get close code 1013")
-    p.add_argument("--max-batch", type=int, default=16, help="windows per inference call (1: no batching)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="an idle model waits this long to batch")
+    p.add_argument(
+        "--port", type=limits.int_in(0, 65535), default=8765, help="0 picks a free port (printed on stderr)"
+    )
+    p.add_argument(
+        "--max-streams",
+        type=limits.int_in(1, limits.MAX_STREAMS),
+        default=16,
+        help="more connections get close code 1013",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=limits.int_in(1, limits.MAX_BATCH),
+        default=16,
+        help="windows per inference call (1: no batching)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=limits.nonneg_float(10_000.0),
+        default=5.0,
+        help="an idle model waits this long to batch",
+    )
     p.add_argument(
         "--max-speed",
-        type=float,
+        type=limits.nonneg_float(1000.0),
         default=1.5,
         help="x real time a stream is read at after the burst (0: no limit)",
     )
-    p.add_argument("--burst-seconds", type=float, default=2.0, help="audio a stream may send ahead at once")
+    p.add_argument(
+        "--burst-seconds",
+        type=limits.nonneg_float(limits.MAX_STREAM_SECONDS),
+        default=2.0,
+        help="audio a stream may send ahead at once",
+    )
     add_stream_arguments(p)
     add_runtime_arguments(p)
     p.set_defaults(fn=_serve)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.commands.common import (
     add_backend_argument,
     add_decoder_arguments,
@@ -26,18 +27,33 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     """Window and endpointing flags (shared with `serve`, where they are the defaults clients start from)."""
     g = p.add_argument_group("streaming")
     g.add_argument(
-        "--chunk-seconds", type=float, default=1.0, help="audio decided per step (partial cadence)"
+        "--chunk-seconds",
+        type=limits.positive_float(limits.MAX_STREAM_SECONDS),
+        default=1.0,
+        help="audio decided per step (partial cadence)",
     )
-    g.add_argument("--left-context-seconds", type=float, default=2.0, help="earlier audio each window sees")
+    context = limits.nonneg_float(limits.MAX_STREAM_SECONDS)
+    g.add_argument("--left-context-seconds", type=context, default=2.0, help="earlier audio each window sees")
     g.add_argument(
-        "--right-context-seconds", type=float, default=0.25, help="look-ahead each chunk waits for (latency)"
+        "--right-context-seconds",
+        type=context,
+        default=0.25,
+        help="look-ahead each chunk waits for (latency)",
     )
     g.add_argument("--no-vad", action="store_true", help="no endpointing: finals at --max-utterance-seconds")
-    g.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a speech frame")
-    g.add_argument("--min-silence-seconds", type=float, default=0.5, help="pause that ends an utterance")
-    g.add_argument("--speech-pad-seconds", type=float, default=0.1, help="audio kept around the speech")
     g.add_argument(
-        "--max-utterance-seconds", type=float, default=20.0, help="cut longer utterances at a pause"
+        "--vad-threshold",
+        type=limits.float_in(0.0, 1.0, lo_open=True, hi_open=True),
+        default=0.5,
+        help="speech probability of a speech frame",
+    )
+    g.add_argument("--min-silence-seconds", type=context, default=0.5, help="pause that ends an utterance")
+    g.add_argument("--speech-pad-seconds", type=context, default=0.1, help="audio kept around the speech")
+    g.add_argument(
+        "--max-utterance-seconds",
+        type=limits.positive_float(limits.MAX_UTTERANCE_SECONDS),
+        default=20.0,
+        help="cut longer utterances at a pause",
     )
     g.add_argument("--no-partials", action="store_true", help="emit finals only")
 
@@ -155,7 +171,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (>= 1)")
+    p.add_argument("--threads", type=limits.threads(), default=None, help="onnxruntime intra-op threads")
     add_decoder_arguments(p, hotwords=True)
 
 
@@ -172,7 +188,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", type=Path)
     p.add_argument("audio", nargs="+", help="'-' for raw PCM on stdin, or audio files")
     p.add_argument("--realtime", action="store_true", help="feed files at real time (as a microphone would)")
-    p.add_argument("--sample-rate", type=int, default=None, help="rate of the stdin PCM (default: 16000)")
+    p.add_argument(
+        "--sample-rate",
+        type=limits.sample_rate(),
+        default=None,
+        help="rate of the stdin PCM (default: 16000)",
+    )
     add_stream_arguments(p)
     add_runtime_arguments(p)
     p.set_defaults(fn=_stream)

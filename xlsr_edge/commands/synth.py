@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.constants import EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
 
@@ -63,7 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="synthesize an espeak-ng speech corpus with NeMo manifests")
     p.add_argument("--language", required=True, help="language code (espeak-ng voice and wordfreq), e.g. tr")
     p.add_argument(
-        "--hours", type=float, default=None, help="audio in train+dev+test (required without --sentences)"
+        "--hours",
+        type=limits.positive_float(100_000.0),
+        default=None,
+        help="audio in train+dev+test (required without --sentences)",
     )
     p.add_argument(
         "--sentences",
@@ -73,7 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sentences.jsonl; --hours then caps the audio",
     )
     p.add_argument(
-        "--repeat", type=int, default=1, help="--sentences: speak each sentence N times (other voices)"
+        "--repeat",
+        type=limits.int_in(1, 1000),
+        default=1,
+        help="--sentences: speak each sentence N times (other voices)",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="corpus folder to write")
     p.add_argument(
@@ -84,14 +91,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--holdout-voice", default=None, help="voice kept out of train/dev/test, for test_voice.jsonl"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=1, help="parallel espeak-ng processes")
-    p.add_argument("--dev-share", type=float, default=None, help="default 0.05")
-    p.add_argument("--test-share", type=float, default=None, help="default 0.05")
-    p.add_argument("--top-words", type=int, default=20000, help="draw from this many most frequent words")
+    p.add_argument("--seed", type=limits.seed(), default=0)
+    p.add_argument("--jobs", type=limits.threads(), default=1, help="parallel espeak-ng processes")
+    share = limits.float_in(0.0, 1.0, hi_open=True)
+    p.add_argument("--dev-share", type=share, default=None, help="default 0.05")
+    p.add_argument("--test-share", type=share, default=None, help="default 0.05")
+    p.add_argument(
+        "--top-words",
+        type=limits.int_in(1, 10**8),
+        default=20000,
+        help="draw from this many most frequent words",
+    )
     p.add_argument(
         "--freq-power",
-        type=float,
+        type=limits.float_in(0.0, 10.0),
         default=1.0,
         help="draw words by frequency**P (1: real frequencies, <1 flatter)",
     )

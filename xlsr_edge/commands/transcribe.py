@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.commands.common import (
     add_backend_argument,
     add_decoder_arguments,
@@ -163,14 +164,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (>= 1)")
+    p.add_argument("--threads", type=limits.threads(), default=None, help="onnxruntime intra-op threads")
     add_decoder_arguments(p, hotwords=True)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="0 disables chunking")
-    p.add_argument("--context-seconds", type=float, default=DEFAULT_CHUNK_CONTEXT_SECONDS)
+    p.add_argument("--batch-size", type=limits.int_in(1, limits.MAX_BATCH), default=DEFAULT_BATCH_SIZE)
+    p.add_argument(
+        "--chunk-seconds",
+        type=limits.chunk_seconds(),
+        default=DEFAULT_CHUNK_SECONDS,
+        help="0 disables chunking",
+    )
+    p.add_argument("--context-seconds", type=limits.context_seconds(), default=DEFAULT_CHUNK_CONTEXT_SECONDS)
     p.add_argument(
         "--max-seconds",
-        type=float,
+        type=limits.nonneg_float(limits.MAX_SECONDS),
         default=DEFAULT_MAX_SECONDS,
         help="longer inputs get an error line (long files are streamed, so memory does not grow with length); "
         "0: no limit",
@@ -179,7 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--language", default=None, help="multi-language bundles: use this head, skip language ID")
     p.add_argument(
         "--lid-threshold",
-        type=float,
+        type=limits.float_in(0.0, 1.0),
         default=None,
         metavar="P",
         help="multi-language bundles: the language-ID confidence below which --below-threshold applies "

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from xlsr_edge import limits
 from xlsr_edge.commands.common import add_decoder_arguments, decoder_options
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_CONTEXT_SECONDS, DEFAULT_CHUNK_SECONDS
 from xlsr_edge.errors import XlsrEdgeError
@@ -37,15 +38,21 @@ def add_cluster_arguments(
     if workers:
         p.add_argument(
             "--workers",
-            type=int,
+            type=limits.int_in(1, limits.MAX_CLUSTER_WORKERS),
             default=None,
             help="Ray workers, each holding one model (default: as many as fit)",
         )
     p.add_argument(
-        "--cpus-per-worker", type=float, default=1.0, help="CPUs per worker = its onnxruntime threads"
+        "--cpus-per-worker",
+        type=limits.positive_float(1024.0),
+        default=1.0,
+        help="CPUs per worker = its onnxruntime threads",
     )
     p.add_argument(
-        "--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (then --providers cuda)"
+        "--gpus-per-worker",
+        type=limits.nonneg_float(64.0),
+        default=0.0,
+        help="GPUs per worker (then --providers cuda)",
     )
     p.add_argument(
         "--ship-bundle",
@@ -161,14 +168,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--providers", default=None, help="onnxruntime providers (default cpu; cuda with GPUs)")
     p.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="inference batch inside a worker"
+        "--batch-size",
+        type=limits.int_in(1, limits.MAX_BATCH),
+        default=DEFAULT_BATCH_SIZE,
+        help="inference batch inside a worker",
     )
     p.add_argument(
-        "--task-size", type=int, default=None, help="inputs per Ray task (default: from the input count)"
+        "--task-size",
+        type=limits.int_in(1, 1_000_000),
+        default=None,
+        help="inputs per Ray task (default: from the input count)",
     )
-    p.add_argument("--shard-rows", type=int, default=1000, help="rows per output shard")
-    p.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="0 disables chunking")
-    p.add_argument("--context-seconds", type=float, default=DEFAULT_CHUNK_CONTEXT_SECONDS)
+    p.add_argument("--shard-rows", type=limits.int_in(1, 10**7), default=1000, help="rows per output shard")
+    p.add_argument(
+        "--chunk-seconds",
+        type=limits.chunk_seconds(),
+        default=DEFAULT_CHUNK_SECONDS,
+        help="0 disables chunking",
+    )
+    p.add_argument("--context-seconds", type=limits.context_seconds(), default=DEFAULT_CHUNK_CONTEXT_SECONDS)
     p.add_argument("--language", default=None, help="multi-language bundles: use this head, skip language ID")
     p.add_argument("--json", action="store_true", help="print _summary.json instead of two lines")
     p.set_defaults(fn=_transcribe_dataset)

@@ -9,6 +9,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from xlsr_edge.limits import check_workers
+
 # Suffixes of KenLM files the beam decoder accepts (kenlm.Model detects ARPA vs binary by content).
 LM_SUFFIXES = (".arpa", ".arpa.gz", ".bin", ".binary", ".klm")
 # pyctcdecode 0.5.0's defaults (alpha, beta, unk_score_offset), tuned on English LibriSpeech: used for an LM
@@ -143,8 +145,7 @@ class BeamOptions:
         set_(self, "hotwords", tuple(word.strip() for word in hotwords))
         set_(self, "hotword_weight", _finite("hotword_weight", self.hotword_weight))
 
-        if not _is_int(self.num_workers) or self.num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        check_workers("num_workers", self.num_workers)  # a process each: at most a few per CPU
         for name in ("beam_prune_logp", "token_min_logp"):
             value = _finite(name, getattr(self, name))
             if value > 0:

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from xlsr_edge import limits
 from xlsr_edge.decoders import Decoded, Word
 from xlsr_edge.errors import AudioError, XlsrEdgeError
 from xlsr_edge.runtime.audio import normalize
 from xlsr_edge.runtime.vad import VAD_FRAME, VAD_RATE, Endpointer, SileroVad, VadOptions
-from xlsr_edge.runtime.batching import infer_batch
 
 if TYPE_CHECKING:
     from xlsr_edge.runtime.recognizer import Recognizer
@@ -58,15 +58,19 @@ class StreamOptions:
     partials: bool = True
     sample_rate: int | None = None
 
-    def __post_init__(self) -> None:
-        if not self.chunk_seconds > 0:
-            raise ValueError(f"chunk_seconds must be positive, got {self.chunk_seconds}")
-        if self.left_context_seconds < 0 or self.right_context_seconds < 0:
-            raise ValueError("context seconds must be >= 0")
-        if self.max_utterance_seconds < 2 * CUT_SEARCH_SECONDS:
-            raise ValueError(f"max_utterance_seconds must be at least {2 * CUT_SEARCH_SECONDS:g}")
-        if self.sample_rate is not None and not (isinstance(self.sample_rate, int) and self.sample_rate > 0):
-            raise ValueError(f"sample_rate must be a positive integer, got {self.sample_rate!r}")
+    def __post_init__(self) -> None:  # finite and in range (xlsr_edge.limits): inf would overflow much later
+        check, most = limits.check_number, limits.MAX_STREAM_SECONDS
+        check("chunk_seconds", self.chunk_seconds, 0, most, lo_open=True)
+        check("left_context_seconds", self.left_context_seconds, 0, most)
+        check("right_context_seconds", self.right_context_seconds, 0, most)
+        check(
+            "max_utterance_seconds",
+            self.max_utterance_seconds,
+            2 * CUT_SEARCH_SECONDS,
+            limits.MAX_UTTERANCE_SECONDS,
+        )
+        if self.sample_rate is not None:  # the rule files follow: 8 to 384 kHz (runtime.audio.check_rate)
+            limits.check_sample_rate("sample_rate", self.sample_rate)
         if self.vad is True:
             object.__setattr__(self, "vad", VadOptions())
         elif self.vad is False:
@@ -342,8 +346,10 @@ class Stream:
 
     def _run(self) -> list[Event]:
         while (req := self.pending()) is not None:
-            (logits,), _ = infer_batch(self._runner, [req.samples], self._uses_mask)
-            self.complete(logits)
+            values = req.samples[None]
+            mask = np.ones(values.shape, dtype=np.int64) if self._uses_mask else None
+            logits, lengths = self._runner.infer(values, mask)
+            self.complete(logits[0], int(lengths[0]))
         return self.take_events()
 
     def _next_step(self) -> tuple[int, int, str] | None:

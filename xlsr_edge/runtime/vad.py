@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from xlsr_edge.errors import XlsrEdgeError
+from xlsr_edge.limits import MAX_STREAM_SECONDS, check_number
 
 VAD_RATE = 16000
 VAD_FRAME = 512  # samples per probability (32 ms)
@@ -44,8 +45,7 @@ class VadOptions:
             raise ValueError(f"VAD threshold must be within (0, 1), got {self.threshold}")
         if self.neg_threshold is not None and not 0.0 <= self.neg_threshold <= self.threshold:
             raise ValueError(f"VAD neg_threshold must be within [0, threshold], got {self.neg_threshold}")
-        if self.min_silence_seconds <= 0:
-            raise ValueError("VAD min_silence_seconds must be positive")
+        check_number("VAD min_silence_seconds", self.min_silence_seconds, 0, MAX_STREAM_SECONDS, lo_open=True)
         if not 0.0 <= self.speech_pad_seconds <= self.min_silence_seconds:
             raise ValueError("VAD speech_pad_seconds must be within [0, min_silence_seconds]")
 

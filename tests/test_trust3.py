@@ -1,0 +1,194 @@
+"""Issue 23, "trust, round 3": every number a user gives is bounded (one mechanism, xlsr_edge.limits), `-o` is
+created atomically, a failed write is one line, truncated or absurd audio is an error row, a duplicated shard
+is named."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from xlsr_edge import limits
+from xlsr_edge.cli import build_parser, export_parser, main
+from xlsr_edge.limits import OptionError, check_number
+
+# -- numbers: finite, in range, bounded by the machine ---------------------------------------------------------
+
+
+def parse_error(argv: list[str], capsys) -> str:
+    """The one `error:` line (exit 2) a bad option value gives while the command line is parsed."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    return captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # 7: inf passes `> 0`; it is refused at start-up (transcribe, stream, serve)
+        (
+            ["transcribe", "B", "a.wav", "--chunk-seconds", "inf"],
+            "--chunk-seconds must be a finite number, got inf",
+        ),
+        (
+            ["transcribe", "B", "a.wav", "--context-seconds", "inf"],
+            "--context-seconds must be a finite number",
+        ),
+        (["stream", "B", "-", "--chunk-seconds", "inf"], "--chunk-seconds must be a finite number"),
+        (
+            ["stream", "B", "-", "--left-context-seconds", "nan"],
+            "--left-context-seconds must be a finite number",
+        ),
+        (["stream", "B", "-", "--max-utterance-seconds", "inf"], "--max-utterance-seconds must be a finite"),
+        (["serve", "B", "--chunk-seconds", "inf"], "--chunk-seconds must be a finite number"),
+        (["serve", "B", "--max-utterance-seconds", "inf"], "--max-utterance-seconds must be a finite number"),
+        (
+            ["transcribe-dataset", "B", "m", "-o", "o", "--chunk-seconds", "inf"],
+            "--chunk-seconds must be a finite",
+        ),
+        # 5: threads and beam worker processes are capped by the machine
+        (["transcribe", "B", "a.wav", "--threads", "100000"], "--threads must be <= "),
+        (["serve", "B", "--threads", "100000"], "--threads must be <= "),
+        (["transcribe", "B", "a.wav", "--workers", "1500"], "--workers must be <= "),
+        (["eval", "B", "m.jsonl", "--workers", "1500"], "--workers must be <= "),
+        (["lm", "tune", "B", "dev.jsonl", "--lm", "x.bin", "--workers", "1500"], "--workers must be <= "),
+        # 6: stdin's sample rate follows the rule files follow (8 to 384 kHz)
+        (["stream", "B", "-", "--sample-rate", "1"], "--sample-rate must be >= 8000, got 1"),
+        (["stream", "B", "-", "--sample-rate", "1000000000"], "--sample-rate must be <= 384000"),
+        # around them: sizes, signs, words, numbers past a float
+        (["transcribe", "B", "a.wav", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["transcribe", "B", "a.wav", "--batch-size", "1000000000"], "--batch-size must be <= 1024"),
+        (["transcribe", "B", "a.wav", "--max-seconds", "-1"], "--max-seconds must be >= 0, got -1"),
+        (
+            ["transcribe", "B", "a.wav", "--max-seconds", "1e400"],
+            "--max-seconds must be a finite number, got 1e400",
+        ),
+        (["transcribe", "B", "a.wav", "--threads", "two"], "--threads must be an integer, got 'two'"),
+        (["transcribe", "B", "a.wav", "--threads", "9" * 500], "--threads must be <= "),
+        (["transcribe", "B", "a.wav", "--lid-threshold", "2"], "--lid-threshold must be <= 1, got 2"),
+        (["stream", "B", "-", "--vad-threshold", "1"], "--vad-threshold must be < 1, got 1"),
+        (["serve", "B", "--port", "70000"], "--port must be <= 65535"),
+        (["serve", "B", "--max-streams", "0"], "--max-streams must be >= 1"),
+        (
+            ["transcribe-dataset", "B", "m", "-o", "o", "--cpus-per-worker", "inf"],
+            "--cpus-per-worker must be a",
+        ),
+        (["transcribe-dataset", "B", "m", "-o", "o", "--shard-rows", "0"], "--shard-rows must be >= 1"),
+        (["bench", "B", "--seconds", "1,inf"], "--seconds must be a finite number, got inf"),
+        (["finetune", "C", "m", "-o", "o", "--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["finetune", "C", "m", "-o", "o", "--snr-db", "5,inf"], "--snr-db must be a finite number, got inf"),
+        (["lm", "build", "t.txt", "-o", "x.bin", "--order", "9"], "--order must be <= 6, got 9"),
+    ],
+)
+def test_bad_numbers_are_one_error_line_at_start_up(capsys, argv, message):
+    err = parse_error(argv, capsys)
+    assert err.startswith(f"error: {message}"), err
+    assert len(err) < 200  # a 500-digit value is shown cut
+
+
+def test_export_numbers_too(capsys):
+    with pytest.raises(SystemExit) as info:
+        export_parser().parse_args(["ckpt", "-o", "b", "--max-abs-diff", "nan"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "error: --max-abs-diff must be a finite number, got nan\n"
+
+
+def _number_options(parser: argparse.ArgumentParser, where: str):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _number_options(child, f"{where} {name}")
+        elif action.option_strings:
+            yield where, action
+
+
+def test_every_numeric_flag_of_every_command_is_checked_by_limits():
+    """No `type=int` / `type=float` is left: each numeric flag refuses inf, nan and values out of its range."""
+    options = [
+        *_number_options(build_parser(), "xlsr-edge"),
+        *_number_options(export_parser(), "export-xlsr"),
+    ]
+    assert len(options) > 100
+    plain = [f"{where} {a.option_strings[-1]}" for where, a in options if a.type in (int, float)]
+    assert plain == []
+    checked = [a for _, a in options if isinstance(a.type, limits.NumberType)]
+    assert len(checked) > 60
+
+
+def test_thread_cap_follows_the_machine(monkeypatch, capsys):
+    monkeypatch.setattr(limits, "cpu_count", lambda: 1)
+    assert limits.max_threads() == limits.THREADS_PER_CPU
+    parser = build_parser()
+    args = parser.parse_args(["transcribe", "B", "a.wav", "--threads", str(limits.THREADS_PER_CPU)])
+    assert args.threads == limits.THREADS_PER_CPU
+    err = parse_error(["transcribe", "B", "a.wav", "--threads", str(limits.THREADS_PER_CPU + 1)], capsys)
+    assert "(4 per CPU; this machine has 1 CPU)" in err
+
+
+@pytest.mark.parametrize(
+    "value, lo, hi, kwargs, message",
+    [
+        (math.inf, 0, None, {}, "x must be a finite number, got inf"),
+        (math.nan, 0, 1, {}, "x must be a finite number, got nan"),
+        (-math.inf, None, None, {}, "x must be a finite number"),
+        (0, 0, 1, {"lo_open": True}, "x must be > 0, got 0"),
+        (1.0, 0, 1, {"hi_open": True}, "x must be < 1, got 1.0"),
+        (10**401, 1, 8, {"integer": True}, "x must be <= 8, got 1000"),
+        (10**401, 0, None, {}, "x must be a finite number"),  # past what a float holds
+        (2.5, 1, 8, {"integer": True}, "x must be an integer, got 2.5"),
+        (True, 0, 8, {"integer": True}, "x must be an integer, got True"),
+        ("3", 0, 8, {}, "x must be a number, got '3'"),
+        (None, 0, 8, {}, "x must be a number, got None"),
+    ],
+)
+def test_check_number_refuses(value, lo, hi, kwargs, message):
+    with pytest.raises(OptionError, match="^" + message.replace("(", r"\(").replace(")", r"\)")) as info:
+        check_number("x", value, lo, hi, **kwargs)
+    assert isinstance(
+        info.value, ValueError
+    )  # the option dataclasses' contract: ValueError, exit 2 in the CLI
+    assert len(str(info.value)) < 100
+
+
+def test_check_number_accepts_and_converts():
+    import numpy as np
+
+    assert check_number("x", 3, 1, 8, integer=True) == 3
+    assert check_number("x", np.int64(3), 1, 8, integer=True) == 3
+    assert check_number("x", np.float32(0.5), 0, 1) == 0.5 and isinstance(check_number("x", 1, 0, 1), float)
+    assert check_number("x", 10**401, 1, None, integer=True) == 10**401
+
+
+def test_option_dataclasses_refuse_non_finite_and_out_of_range():
+    from xlsr_edge.decoders import BeamOptions
+    from xlsr_edge.runtime.recognizer import TranscribeOptions
+    from xlsr_edge.runtime.stream import StreamOptions
+    from xlsr_edge.runtime.vad import VadOptions
+
+    cases = [
+        (TranscribeOptions, {"chunk_seconds": math.inf}, "chunk_seconds must be a finite number"),
+        (TranscribeOptions, {"context_seconds": math.inf}, "context_seconds must be a finite number"),
+        (TranscribeOptions, {"max_seconds": math.nan}, "max_seconds must be a finite number"),
+        (TranscribeOptions, {"batch_size": 10**9}, "batch_size must be <= 1024"),
+        (StreamOptions, {"chunk_seconds": math.inf}, "chunk_seconds must be a finite number"),
+        (StreamOptions, {"right_context_seconds": math.inf}, "right_context_seconds must be a finite number"),
+        (StreamOptions, {"max_utterance_seconds": math.inf}, "max_utterance_seconds must be a finite number"),
+        (StreamOptions, {"sample_rate": 1}, "sample_rate must be >= 8000"),
+        (StreamOptions, {"sample_rate": 10**9}, "sample_rate must be <= 384000"),
+        (VadOptions, {"min_silence_seconds": math.inf}, "min_silence_seconds must be a finite number"),
+        (BeamOptions, {"num_workers": 1500}, "num_workers must be <= "),
+    ]
+    for cls, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            cls(**kwargs)
+
+
+def test_recognizer_refuses_thousands_of_threads_before_loading(tmp_path):
+    from xlsr_edge.runtime import Recognizer
+
+    with pytest.raises(OptionError, match="threads must be <= "):
+        Recognizer.from_bundle(tmp_path / "no-bundle", threads=100_000)
