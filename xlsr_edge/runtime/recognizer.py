@@ -22,10 +22,11 @@ from xlsr_edge.constants import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_SECONDS,
 )
+    MAX_PADDING,
 from xlsr_edge.decoders import Decoded, Decoder, GreedyOptions, Vocabulary, make_decoder
 from xlsr_edge.errors import AudioError, BundleError, XlsrEdgeError
 from xlsr_edge.runtime.audio import AudioFile, StreamedAudio, check_duration, normalize, prepare_audio
-from xlsr_edge.runtime.batching import Window, bucket, pad_batch, plan_windows
+from xlsr_edge.runtime.batching import Window, batch_limit, bucket, plan_windows, run_batches
 from xlsr_edge.runtime.runners import Runner, make_runner
 
 AudioInput = str | Path | np.ndarray
@@ -69,7 +70,7 @@ class TranscribeOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS
     context_seconds: float = DEFAULT_CHUNK_CONTEXT_SECONDS
-    max_padding: float = 0.25
+    max_padding: float = MAX_PADDING  # graphs without an attention mask are never padded
     max_seconds: float | None = DEFAULT_MAX_SECONDS  # longer inputs get an error; None: no limit
 
     def __post_init__(self) -> None:  # finite and in range (xlsr_edge.limits): inf would overflow much later
@@ -274,22 +275,24 @@ class Recognizer:
         Windows are read in order, GROUP_BATCHES batches' worth at a time (a streamed file front to back), and
         bucketed by length within that span."""
         pieces: dict[int, list[tuple[int, np.ndarray]]] = {}
-        # models without an attention mask must never see padding: batch equal lengths only
-        max_padding = options.max_padding if self.info.uses_attention_mask else 0.0
         stride = self.info.frame_stride_samples
-        batch_size = min(options.batch_size, self.runner.max_batch or options.batch_size)
-        span = batch_size * GROUP_BATCHES
+        span = batch_limit(self.runner, options.batch_size) * GROUP_BATCHES
         for first in range(0, len(windows), span):
             part = windows[first : first + span]
             samples = [self._window_samples(items[w.item], w) for w in part]
-            for batch in bucket([len(x) for x in samples], batch_size, max_padding):
+            for batch, outputs in run_batches(
+                self.runner,
+                samples,
+                batch_size=options.batch_size,
+                uses_mask=self.info.uses_attention_mask,
+                max_padding=options.max_padding,
+                check=self._check_output,
+            ):
                 ws = [part[j] for j in batch]
-                values, mask = pad_batch([samples[j] for j in batch])
-                logits, lengths = self.runner.infer(values, mask)
-                self._check_output(logits)
-                for w, lg, n in zip(ws, logits, lengths):
-                    keep_to = min(w.keep_to, int(n))
-                    pieces.setdefault(w.item, []).append((w.first_frame(stride), lg[w.keep_from : keep_to]))
+                for w, out in zip(ws, outputs):
+                    pieces.setdefault(w.item, []).append(
+                        (w.first_frame(stride), out[w.keep_from : w.keep_to])
+                    )
                 if progress is not None:
                     progress.update(sum(w.num_samples for w in ws) / self.info.sample_rate)
         for i, parts in pieces.items():

@@ -34,6 +34,7 @@ from xlsr_edge.decoders import Decoded, Word
 from xlsr_edge.errors import AudioError, XlsrEdgeError
 from xlsr_edge.runtime.audio import normalize
 from xlsr_edge.runtime.vad import VAD_FRAME, VAD_RATE, Endpointer, SileroVad, VadOptions
+from xlsr_edge.runtime.batching import infer_batch
 
 if TYPE_CHECKING:
     from xlsr_edge.runtime.recognizer import Recognizer
@@ -346,10 +347,8 @@ class Stream:
 
     def _run(self) -> list[Event]:
         while (req := self.pending()) is not None:
-            values = req.samples[None]
-            mask = np.ones(values.shape, dtype=np.int64) if self._uses_mask else None
-            logits, lengths = self._runner.infer(values, mask)
-            self.complete(logits[0], int(lengths[0]))
+            (logits,), _ = infer_batch(self._runner, [req.samples], self._uses_mask)
+            self.complete(logits)
         return self.take_events()
 
     def _next_step(self) -> tuple[int, int, str] | None:
