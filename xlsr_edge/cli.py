@@ -149,15 +149,6 @@ class Parser(argparse.ArgumentParser):
             super().error(message)
         self.exit(EXIT_USER_ERROR, f"error: {line}\n")
 
-    def error(self, message: str):  # noqa: ANN201 (argparse's hook; never returns)
-        """A bad option value (xlsr_edge.limits) is one `error:` line and exit 2, like other user errors."""
-        from xlsr_edge.limits import option_error_line
-
-        line = option_error_line(message)
-        if line is None:
-            super().error(message)
-        self.exit(EXIT_USER_ERROR, f"error: {line}\n")
-
 
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="xlsr-edge", description="Export, run and measure xlsr-edge bundles.")
