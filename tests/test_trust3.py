@@ -192,3 +192,75 @@ def test_recognizer_refuses_thousands_of_threads_before_loading(tmp_path):
 
     with pytest.raises(OptionError, match="threads must be <= "):
         Recognizer.from_bundle(tmp_path / "no-bundle", threads=100_000)
+
+
+# -- 2: creating -o is one atomic step: of concurrent writers exactly one wins ---------------------------------
+
+
+def _race_kind():
+    from xlsr_edge.outputs import OutputKind, has_file
+
+    return OutputKind("race output", "the race test", has_file("who.txt"))
+
+
+def _racer(target: str, barrier, n: int, fallback: bool) -> None:
+    """A child process: write an output of its own at `target`, published when every racer is ready."""
+    import os
+
+    from xlsr_edge import outputs
+    from xlsr_edge.errors import XlsrEdgeError
+
+    if fallback:
+        os.environ[outputs.ENV_NO_EXCHANGE] = "1"
+    sync = outputs._fsync_tree
+
+    def synced(folder):  # every racer has checked `target` and written its files: now all publish at once
+        barrier.wait(timeout=60)
+        sync(folder)
+
+    outputs._fsync_tree = synced
+    try:
+        with outputs.atomic_output(target, _race_kind(), overwrite=False) as tmp:
+            (tmp / "who.txt").write_text(str(n))
+    except XlsrEdgeError as exc:
+        os._exit(2 if "already exists" in str(exc) else 3)
+    except BaseException:  # noqa: BLE001 - any other failure is a distinct exit code for the test
+        os._exit(4)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["renameat2", "mkdir-claim"])
+@pytest.mark.parametrize("state", ["absent", "empty folder"])
+def test_concurrent_writers_of_a_new_output_exactly_one_wins(tmp_path, fallback, state):
+    import multiprocessing
+
+    target = tmp_path / "out" / "b"
+    if state == "empty folder":
+        target.mkdir(parents=True)
+    ctx = multiprocessing.get_context("fork")
+    n = 4
+    barrier = ctx.Barrier(n)
+    procs = [ctx.Process(target=_racer, args=(str(target), barrier, i, fallback)) for i in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    codes = [p.exitcode for p in procs]
+    assert sorted(codes) == [0, 2, 2, 2], codes  # one wins; the others: "already exists" (exit 2)
+    winner = codes.index(0)
+    assert sorted(p.name for p in target.iterdir()) == ["who.txt"]
+    assert (target / "who.txt").read_text() == str(winner)  # the winner's output, nobody replaced it
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b"]  # the losers left nothing
+
+
+def test_install_files_without_replace_never_replaces(tmp_path):
+    from xlsr_edge.errors import XlsrEdgeError
+    from xlsr_edge.outputs import install_files
+
+    (tmp_path / "a.tmp").write_text("new")
+    (tmp_path / "a").write_text("someone else's")
+    with pytest.raises(XlsrEdgeError, match="appeared while this run wrote it"):
+        install_files([(tmp_path / "a.tmp", tmp_path / "a")], replace=False)
+    assert (tmp_path / "a").read_text() == "someone else's"
+    install_files([(tmp_path / "a.tmp", tmp_path / "b")], replace=False)
+    assert (tmp_path / "b").read_text() == "new" and not (tmp_path / "a.tmp").exists()

@@ -10,6 +10,9 @@ Rules (issue 14):
   end: on Linux with renameat2(RENAME_EXCHANGE), so at every instant either the old or the new complete
   output is at the target. Without it, the old output is renamed aside to `.NAME.xlsr-old-PID` first, and the
   next run puts it back if a kill left the target missing.
+* Creating a target that is absent (or an empty folder) is one atomic step, renameat2(RENAME_NOREPLACE)
+  (without it: claim the name with mkdir, then rename onto the claim): of several runs writing the same new
+  `-o` at once exactly one wins; the others get the "already exists" error and leave nothing (issue 23).
 * Leftovers of a dead process (its PID no longer runs) are removed by the next run on the same output, with
   one line on stderr. A leftover is only removed when it carries our marker file, is an output of the same
   kind, or is empty: a user's folder that merely has a similar name is never touched.
@@ -17,7 +20,7 @@ Rules (issue 14):
   signals are held back while the swap itself runs.
 
 Test hooks (environment): XLSR_EDGE_TEST_KILL_AT=STEP kills the process with SIGKILL at that step of a write
-(`KILL_STEPS`); XLSR_EDGE_TEST_NO_EXCHANGE=1 takes the fallback path without renameat2.
+(`KILL_STEPS`); XLSR_EDGE_TEST_NO_EXCHANGE=1 takes the fallback paths without renameat2.
 
 Standard library only: both halves of the package import it.
 """
@@ -51,6 +54,7 @@ MARKER = (
     ".xlsr-edge-writing"  # in every temp folder until it is complete (a dotfile: bundle hashing skips it)
 )
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.xlsr-(?P<stage>tmp|old)-(?P<pid>\d+)(?:-\d+)?$")
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 logger = logging.getLogger(__name__)
 _AT_FDCWD = -100
@@ -345,8 +349,9 @@ def _fsync_tree(folder: Path) -> None:
         _fsync(Path(dirpath))
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where the system cannot."""
+def _renameat2(a: Path, b: Path, flags: int) -> bool:
+    """renameat2(a, b, flags); False where the system cannot (not Linux, old glibc or kernel, a filesystem
+    without the flag). Other failures raise OSError (FileExistsError for RENAME_NOREPLACE onto a name)."""
     if sys.platform != "linux" or os.environ.get(ENV_NO_EXCHANGE):
         return False
     try:
@@ -355,12 +360,42 @@ def _exchange(a: Path, b: Path) -> bool:
         return False  # glibc < 2.28 or not glibc
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     fn.restype = ctypes.c_int
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False  # kernel or filesystem without RENAME_EXCHANGE
+        return False  # kernel or filesystem without this flag
     raise OSError(err, os.strerror(err), str(b))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where the system cannot."""
+    return _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def _create(new: Path, target: Path) -> bool:
+    """Rename `new` to `target` only if no `target` exists, in one step: True when done, False when something
+    is at `target` (another run got there first). Never replaces anything."""
+    try:
+        if _renameat2(new, target, _RENAME_NOREPLACE):
+            return True
+    except FileExistsError:
+        return False
+    try:  # fallback: a file is linked (link never replaces), a folder claims the name with mkdir (atomic)
+        if not new.is_dir():
+            os.link(new, target)
+            os.unlink(new)
+            return True
+        os.mkdir(target)
+    except FileExistsError:
+        return False
+    try:  # rename replaces the empty folder we just made; a racer that filled it makes this fail
+        os.rename(new, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    return True
 
 
 def _sibling(target: Path, stage: str) -> Path:
@@ -389,8 +424,7 @@ def swap_in(new: Path, target: Path) -> None:
     """Put the complete folder `new` at `target`, removing what was there; never a moment without either."""
     parent = target.parent
     with _critical():
-        if not os.path.lexists(target):
-            os.rename(new, target)
+        if not os.path.lexists(target) and _create(new, target):
             _fsync(parent)
             return
         if _exchange(new, target):
@@ -455,20 +489,49 @@ def atomic_output(
 
 
 def _commit(tmp: Path, target: Path, kind: OutputKind, checks: dict) -> None:
-    check_output(target, kind, **checks)  # the target may have changed during a long run
+    check_output(target, kind, **checks)  # the target may have changed during a long run: fail before syncing
     _fsync_tree(tmp)
     (tmp / MARKER).unlink()  # complete now: recognisable as an output of `kind` from here on
     _kill_point("ready")
-    swap_in(tmp, target)
+    for _ in range(3):
+        check_output(target, kind, **checks)  # right before the step that publishes: refuses what it must
+        if _is_empty_dir(target):
+            try:  # an empty folder counts as absent: created over, so that a racer cannot win it too
+                target.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                continue  # filled meanwhile: check again
+        if os.path.lexists(target):
+            swap_in(tmp, target)  # replacing our own output (--overwrite): the exchange
+            return
+        with _critical():
+            if _create(tmp, target):
+                _fsync(target.parent)
+                return
+        # another run created `target` between the check and the rename: check again (refuses it unless
+        # --overwrite allows replacing an output of this kind)
+    raise XlsrEdgeError(
+        f"output {target} keeps changing while this run writes it; is another run writing it?"
+    )
 
 
-def install_files(pairs: Sequence[tuple[Path, Path]]) -> None:
-    """Rename finished files into place in the given order (fsynced first; each rename is atomic)."""
+def install_files(pairs: Sequence[tuple[Path, Path]], *, replace: bool = True) -> None:
+    """Rename finished files into place in the given order (fsynced first; each rename is atomic). With
+    replace=False a name that exists (another run wrote it meanwhile) is never replaced: XlsrEdgeError, and
+    the files installed before it stay."""
     with _critical():
         for src, _dst in pairs:
             _fsync(src)
         for src, dst in pairs:
-            os.replace(src, dst)
+            if replace:
+                os.replace(src, dst)
+            elif not _create(src, dst):
+                raise XlsrEdgeError(
+                    f"{dst} appeared while this run wrote it (another run writing here?); kept it"
+                )
             _kill_point("new-in")
         for parent in {dst.parent for _src, dst in pairs}:
             _fsync(parent)
