@@ -1,80 +1,19 @@
 """Word and character error rates, entity micro-WER and confusion counts.
 
-Both sides are normalized with ``xlsr_edge.text.normalize_text`` (re-exported here). Alignments and edit
-counts come from jiwer (imported lazily; ``pip install 'xlsr-edge[eval]'``), never hand-rolled.
+Corpus WER/CER (``error_rates``, ``ErrorRates``) live on the shared floor, ``xlsr_edge.scoring`` (the precision
+gate scores with them too), and are re-exported here. Both sides are normalized with
+``xlsr_edge.text.normalize_text`` (re-exported here). Alignments and edit counts come from jiwer (imported lazily;
+``pip install 'xlsr-edge[eval]'``), never hand-rolled.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from xlsr_edge.errors import XlsrEdgeError, require
+from xlsr_edge.scoring import ErrorRates, error_rates, prepare, require_jiwer  # noqa: F401  (re-exported)
 from xlsr_edge.text import NORMALIZATION_DESCRIPTION, normalize_text  # noqa: F401  (scoring and its normalization)
-
-
-@dataclass(frozen=True)
-class ErrorRates:
-    """Corpus-level error rates: summed errors / summed reference length (not a mean of utterance rates)."""
-
-    wer: float
-    cer: float
-    substitutions: int
-    deletions: int
-    insertions: int
-    hits: int
-    ref_words: int
-    char_substitutions: int
-    char_deletions: int
-    char_insertions: int
-    char_hits: int
-    ref_chars: int  # includes the spaces between words
-    utterances: int  # utterances scored
-    skipped_empty_refs: int  # utterances not scored because the reference is empty after normalization
-
-    @property
-    def word_errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def char_errors(self) -> int:
-        return self.char_substitutions + self.char_deletions + self.char_insertions
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Scored:
-    indices: list[int]  # positions (in the caller's lists) of the scored utterances
-    refs: list[str]  # normalized
-    hyps: list[str]  # normalized
-    all_refs: list[str]
-    all_hyps: list[str]
-
-
-def _prepare(refs: Sequence[str], hyps: Sequence[str], language: str | None, normalize: bool) -> _Scored:
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    if normalize:
-        all_refs = [normalize_text(r, language) for r in refs]
-        all_hyps = [normalize_text(h, language) for h in hyps]
-    else:
-        all_refs, all_hyps = list(refs), list(hyps)
-    indices = [i for i, r in enumerate(all_refs) if r.split()]
-    return _Scored(
-        indices=indices,
-        refs=[all_refs[i] for i in indices],
-        hyps=[all_hyps[i] for i in indices],
-        all_refs=all_refs,
-        all_hyps=all_hyps,
-    )
-
-
-def _jiwer():
-    return require("jiwer", "eval", "needed to compute WER/CER")
 
 
 def _counts(chunks) -> tuple[int, int, int, int]:
@@ -92,48 +31,6 @@ def _counts(chunks) -> tuple[int, int, int, int]:
     return h, s, d, n
 
 
-def error_rates(
-    refs: Sequence[str], hyps: Sequence[str], *, language: str | None = None, normalize: bool = True
-) -> ErrorRates:
-    """Corpus WER and CER with jiwer.process_words / jiwer.process_characters.
-
-    Both sides go through ``normalize_text(..., language)`` unless ``normalize=False``. Utterances whose
-    reference is empty (after normalization) are left out of both rates and counted in
-    ``skipped_empty_refs`` (an empty reference has no length to divide by, and its insertions would
-    otherwise be charged to other utterances' references). An empty hypothesis is scored: all its
-    reference words are deletions. CER counts the spaces between words as characters, as jiwer does.
-    Raises XlsrEdgeError when no utterance has a non-empty reference.
-    """
-    sc = _prepare(refs, hyps, language, normalize)
-    skipped = len(refs) - len(sc.indices)
-    if not sc.indices:
-        raise XlsrEdgeError(
-            f"no reference transcripts to score ({skipped} utterances, all with empty text); "
-            f"use a manifest with a text/sentence column to compute WER"
-        )
-    jiwer = _jiwer()
-    w = jiwer.process_words(sc.refs, sc.hyps)
-    c = jiwer.process_characters(sc.refs, sc.hyps)
-    ref_words = w.hits + w.substitutions + w.deletions
-    ref_chars = c.hits + c.substitutions + c.deletions
-    return ErrorRates(
-        wer=(w.substitutions + w.deletions + w.insertions) / ref_words,
-        cer=(c.substitutions + c.deletions + c.insertions) / ref_chars,
-        substitutions=w.substitutions,
-        deletions=w.deletions,
-        insertions=w.insertions,
-        hits=w.hits,
-        ref_words=ref_words,
-        char_substitutions=c.substitutions,
-        char_deletions=c.deletions,
-        char_insertions=c.insertions,
-        char_hits=c.hits,
-        ref_chars=ref_chars,
-        utterances=len(sc.indices),
-        skipped_empty_refs=skipped,
-    )
-
-
 def per_utterance(
     refs: Sequence[str], hyps: Sequence[str], *, language: str | None = None, normalize: bool = True
 ) -> list[dict[str, Any]]:
@@ -143,7 +40,7 @@ def per_utterance(
     char_errors, ref_chars, skipped. Rows for empty references have ``skipped=True`` and ``wer``/``cer``
     None (their word/char errors are still the hypothesis length, as insertions).
     """
-    sc = _prepare(refs, hyps, language, normalize)
+    sc = prepare(refs, hyps, language, normalize)
     rows: list[dict[str, Any]] = []
     for i, (r, h) in enumerate(zip(sc.all_refs, sc.all_hyps, strict=True)):
         rows.append(
@@ -166,9 +63,9 @@ def per_utterance(
         )
     if not sc.indices:
         return rows
-    jiwer = _jiwer()
-    w = jiwer.process_words(sc.refs, sc.hyps)
-    c = jiwer.process_characters(sc.refs, sc.hyps)
+    jw = require_jiwer()
+    w = jw.process_words(sc.refs, sc.hyps)
+    c = jw.process_characters(sc.refs, sc.hyps)
     for k, i in enumerate(sc.indices):
         hits, subs, dels, ins = _counts(w.alignments[k])
         chits, csubs, cdels, cins = _counts(c.alignments[k])
@@ -225,14 +122,14 @@ def micro_wer(
     """
     if len(entities_per_utt) != len(refs):
         raise ValueError(f"{len(refs)} references but {len(entities_per_utt)} entity lists")
-    sc = _prepare(refs, hyps, language, normalize)
+    sc = prepare(refs, hyps, language, normalize)
     marks = []
     for k, i in enumerate(sc.indices):
         marks.append(_entity_positions(sc.refs[k].split(), entities_per_utt[i], language, normalize))
     total = sum(len(m) for m in marks)
     if total == 0:
         return None
-    w = _jiwer().process_words(sc.refs, sc.hyps)
+    w = require_jiwer().process_words(sc.refs, sc.hyps)
     errors = 0
     for k, marked in enumerate(marks):
         if not marked:
@@ -256,10 +153,10 @@ def char_confusions(
     Substitutions are (r, h, n); deletions (r, "", n); insertions ("", h, n). A space is " ". Sorted by
     count (descending), then by the characters; ``top=None`` returns all. Empty references are skipped.
     """
-    sc = _prepare(refs, hyps, language, normalize)
+    sc = prepare(refs, hyps, language, normalize)
     if not sc.indices:
         return []
-    c = _jiwer().process_characters(sc.refs, sc.hyps)
+    c = require_jiwer().process_characters(sc.refs, sc.hyps)
     counts: Counter[tuple[str, str]] = Counter()
     for ref_chars, hyp_chars, chunks in zip(c.references, c.hypotheses, c.alignments, strict=True):
         for ch in chunks:

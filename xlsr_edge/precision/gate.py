@@ -1,6 +1,6 @@
 """Accuracy gate for reduced-precision graphs: the fp32 graph and the converted graph on the same utterances.
 
-With transcripts: corpus CER/WER of both (greedy decoding, xlsr_edge.measure.metrics.error_rates); the gate fails when
+With transcripts: corpus CER/WER of both (greedy decoding, xlsr_edge.scoring.error_rates); the gate fails when
 CER rises by more than ``max_cer_delta`` percentage points. Without transcripts (a folder of audio): the share
 of frames whose argmax equals the fp32 graph's must reach ``min_agreement``. Both figures are always reported.
 """
@@ -17,11 +17,11 @@ import numpy as np
 from xlsr_edge.bundle import ModelInfo
 from xlsr_edge.datasets import Utterance, manifest_digest, select_stratified
 from xlsr_edge.decoders import GreedyDecoder, Vocabulary
-from xlsr_edge.measure.metrics import error_rates
 from xlsr_edge.precision.calibration_set import load_utterance
 from xlsr_edge.runtime.audio import normalize
 from xlsr_edge.runtime.batching import run_batches
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner
+from xlsr_edge.scoring import error_rates
 
 GATE_BATCH_SIZE = 8
 
