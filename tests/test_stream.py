@@ -546,3 +546,115 @@ def test_serve_sigterm_flushes_finals_and_exits_0(bundle, clips):
     assert code == 1001
     got = _final_frames(events)
     assert len(got) == 1 and got[0]["text"]
+
+
+# -- issue 23: idle clients, fast clients' keepalive, hostile frames ----------------------------------------
+
+
+def test_server_idle_client_is_closed_and_frees_its_slot(rec, clips):
+    """A client that sends nothing (or stops sending) is closed after idle_timeout_seconds with 1008; one that
+    sent speech gets its finals first."""
+    pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    audio = conversation([clips[3]])
+
+    async def silent(url):
+        async with connect(url, open_timeout=20) as ws:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            return msg, ws.close_code
+
+    async def stops_sending(url):
+        events = []
+        async with connect(url, open_timeout=20) as ws:
+            await ws.send(_pcm(audio))  # no eof
+            try:
+                async for m in ws:
+                    events.append(json.loads(m))
+            except ConnectionClosed:
+                pass
+        return events, ws.close_code
+
+    async def body(url, server):
+        idle = await asyncio.wait_for(silent(url), 15)
+        events, code = await asyncio.wait_for(stops_sending(url), 30)
+        for _ in range(100):
+            if server.status()["streams"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        return idle, events, code, server.status()
+
+    (msg, idle_code), events, code, status = _server_test(
+        rec, body, max_streams=1, max_speed=0, idle_timeout_seconds=1.0
+    )
+    assert msg["type"] == "error" and "idle" in msg["error"] and idle_code == 1008
+    assert code == 1008 and events[-1]["type"] == "error"
+    _same_finals(_final_frames(events), _expected_finals(rec, audio))
+    assert status["streams"] == 0 and status["refused"] == 0  # the second client got the only slot
+
+
+def test_server_slows_a_fast_client_without_dropping_it(rec, clips):
+    """A client far faster than max_speed, with its own keepalive pings: the pings are answered while its
+    audio waits, so it is slowed, not closed with 1011 'keepalive ping timeout', and gets every final."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    audio = conversation([clips[i] for i in range(4)], gap=0.8)  # about 20 s
+    pcm = _pcm(audio)
+
+    async def fast(url):
+        events = []
+        async with connect(url, ping_interval=0.5, ping_timeout=2.0, compression=None, open_timeout=20) as ws:
+
+            async def reader():
+                try:
+                    async for m in ws:
+                        events.append(json.loads(m))
+                except ConnectionClosed:
+                    pass
+
+            task = asyncio.ensure_future(reader())
+            try:
+                for i in range(0, len(pcm), 3200):  # 100 ms packets, as fast as the socket takes them
+                    await ws.send(pcm[i : i + 3200])
+                await ws.send(json.dumps({"eof": True}))
+            except ConnectionClosed:
+                pass
+            await asyncio.wait_for(task, 60)
+        return events, ws.close_code, ws.close_reason
+
+    async def body(url, server):
+        t0 = time.monotonic()
+        result = await fast(url)
+        return *result, time.monotonic() - t0
+
+    events, code, reason, took = _server_test(rec, body, max_speed=4.0, burst_seconds=1.0)
+    assert code == 1000, (code, reason)
+    _same_finals(_final_frames(events), _expected_finals(rec, audio))
+    assert took >= (len(audio) / RATE - 1.0) / 4.0 - 0.1  # still read at max_speed
+
+
+def test_server_hostile_frames_get_1008_or_1009_not_internal_errors(rec, clips):
+    pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect
+
+    deep = '{"config": ' + "[" * 50_000 + "]" * 50_000 + "}"
+
+    async def send(url, frame):
+        async with connect(url, open_timeout=20, max_size=None) as ws:
+            await ws.send(frame)
+            try:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            except Exception:  # noqa: BLE001 - a frame over the limit gets only the close
+                msg = None
+            await asyncio.wait_for(ws.wait_closed(), 30)
+            return msg, ws.close_code
+
+    async def body(url, server):
+        return await asyncio.gather(send(url, deep), send(url, b"\0" * (1 << 20)))
+
+    (msg, code), (_, big_code) = _server_test(rec, body, max_speed=0)
+    assert code == 1008 and msg["type"] == "error" and "JSON" in msg["error"], (code, msg)
+    assert big_code == 1009

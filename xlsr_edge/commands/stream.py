@@ -80,17 +80,19 @@ def stream_options(args: argparse.Namespace, sample_rate: int | None = None):
     )
 
 
-def load_recognizer(args: argparse.Namespace):
+def load_recognizer(args: argparse.Namespace, bundle: Path | None = None, language: str | None = None):
+    """The Recognizer of args.bundle (or of `bundle`) with the command's backend and decoder flags."""
     from xlsr_edge.runtime import Recognizer
 
     if args.threads is not None and args.threads < 1:
         raise XlsrEdgeError(f"--threads must be >= 1, got {args.threads}")
     return Recognizer.from_bundle(
-        args.bundle,
+        bundle or args.bundle,
         backend=args.backend,
         providers=args.providers if args.backend == "onnxruntime" else None,
         threads=args.threads,
         decoder=decoder_options(args),
+        language=language,
         **runner_options(args),
     )
 

@@ -61,7 +61,8 @@ class ApiKeyAuth:
         return any(hmac.compare_digest(g.encode(), self.key) for g in given)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] not in ("http", "websocket") or _public(scope["path"]) or self._allowed(scope):
+        public = scope["type"] == "http" and _public(scope["path"])  # a WebSocket at / is not the page
+        if scope["type"] not in ("http", "websocket") or public or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         response = error_response(

@@ -12,9 +12,11 @@ that are due in one inference call. Each request runs in a worker thread (`worke
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import math
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -97,10 +99,11 @@ class _BatchedRunner:
     Batcher on the event loop (so it can share an inference call with other requests and streams), and the
     outputs come back as one padded batch."""
 
-    def __init__(self, model: ServedModel, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, model: ServedModel, loop: asyncio.AbstractEventLoop, closing: threading.Event) -> None:
         self.runner = model.recognizer.runner
         self.batcher = model.batcher
         self.loop = loop
+        self.closing = closing
         self.max_batch = self.runner.max_batch
         self.max_samples = self.runner.max_samples
         if hasattr(self.runner, "adapter_weights"):  # MMS: MultiRecognizer picks a language's adapters
@@ -108,13 +111,13 @@ class _BatchedRunner:
 
     def infer(self, values: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if getattr(self, "adapter_weights", None) is not None:
-            return self._submit(self._exclusive(values, mask)).result()
+            return self._result(self._submit(self._exclusive(values, mask)))
         lengths = mask.sum(axis=1) if mask is not None else np.full(len(values), values.shape[1])
         futures = [
             self._submit(self.batcher.infer(WindowRequest(values[i, : int(n)], 0, 0)))
             for i, n in enumerate(lengths)
         ]
-        outputs = [f.result() for f in futures]
+        outputs = [self._result(f) for f in futures]
         frames = max(n for _, n in outputs)
         logits = np.zeros((len(outputs), frames, outputs[0][0].shape[-1]), dtype=np.float32)
         for k, (lg, n) in enumerate(outputs):
@@ -122,7 +125,20 @@ class _BatchedRunner:
         return logits, np.array([n for _, n in outputs], dtype=np.int64)
 
     def _submit(self, coroutine):
+        if self.closing.is_set():
+            coroutine.close()
+            raise RuntimeError("the server is shutting down")
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def _result(self, future):
+        """The batcher's answer; given up once the server shuts down (its batcher stops answering)."""
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self.closing.is_set():
+                    future.cancel()
+                    raise RuntimeError("the server is shutting down") from None
 
     async def _exclusive(self, values: np.ndarray, mask: np.ndarray | None):
         """A language's adapters are an input of the whole batch: such windows run alone, in the batcher's
@@ -164,6 +180,7 @@ class TranscriptionApi:
         self.server = server
         self.options = options
         self.executor = ThreadPoolExecutor(options.workers, thread_name_prefix="xlsr-http")
+        self.closing = threading.Event()  # set at shutdown: workers stop waiting for the batcher
         self.folder = Path(tempfile.mkdtemp(prefix="xlsr-edge-uploads-"))
         self.in_flight = 0
         self.served = 0
@@ -171,6 +188,8 @@ class TranscriptionApi:
         self.created = int(time.time())
 
     def close(self) -> None:
+        """After the requests ended (or the shutdown grace): stop the workers, remove what uploads left."""
+        self.closing.set()
         self.executor.shutdown(wait=True)
         for p in self.folder.glob("*"):
             p.unlink(missing_ok=True)
@@ -207,6 +226,9 @@ class TranscriptionApi:
 
     async def not_found(self, request):
         await drain(request.receive)
+        path = request.url.path.rstrip("/")
+        if path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+            return error_response(405, f"{path} takes POST, not {request.method}", None, "method_not_allowed")
         return error_response(
             404, f"no such endpoint: {request.method} {request.url.path}", None, "not_found"
         )
@@ -263,7 +285,8 @@ class TranscriptionApi:
 
     def _run(self, params: _Params, path: Path, loop: asyncio.AbstractEventLoop) -> Transcript:
         """In a worker thread: the whole `transcribe` pipeline, with inference through the batcher."""
-        rec = _request_recognizer(params.model, _BatchedRunner(params.model, loop), params.language)
+        runner = _BatchedRunner(params.model, loop, self.closing)
+        rec = _request_recognizer(params.model, runner, params.language)
         return rec.transcribe([path], self.options.transcribe)[0]
 
     def _params(self, upload: Upload) -> _Params:

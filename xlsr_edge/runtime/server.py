@@ -1,31 +1,35 @@
-"""`xlsr-edge serve`: live streams over WebSocket (the ``websockets`` library, ``pip install 'xlsr-edge[stream]'``).
+"""`xlsr-edge serve`: live streams over WebSocket, the OpenAI-compatible HTTP API and a browser page on one
+port (Starlette on uvicorn, ``pip install 'xlsr-edge[stream]'``; the web side is runtime.asgi, the HTTP API
+runtime.http_api, one stream's connection runtime.ws_session).
 
-Protocol, per connection: an optional first text frame ``{"config": {...}}`` (``sample_rate``, ``chunk_seconds``,
-``left_context_seconds``, ``right_context_seconds``, ``vad``, ``partials``; checked against the server's limits),
-then binary frames of s16le mono PCM (whole samples), then the text frame ``{"eof": true}``. The server
-answers with JSON text frames ``{"type": "partial"|"final", "text", "start", "end", "words"}`` as they happen,
-and closes (code 1000) after the last final. Errors are a frame ``{"type": "error", "error": "..."}`` followed
-by a close: 1008 for a malformed frame or config, 1013 when ``max_streams`` streams are open, 1011 on an
-internal error, 1001 when the server shuts down (after the finals of the audio received so far).
+Protocol, per connection (any path): an optional first text frame ``{"config": {...}}`` (``sample_rate``,
+``chunk_seconds``, ``left_context_seconds``, ``right_context_seconds``, ``vad``, ``partials``; checked against
+the server's limits), then binary frames of s16le mono PCM (whole samples), then the text frame
+``{"eof": true}``. The server answers with JSON text frames ``{"type": "partial"|"final", "text", "start",
+"end", "words"}`` as they happen, and closes (code 1000) after the last final. Errors are a frame
+``{"type": "error", "error": "..."}`` followed by a close: 1008 for a malformed frame or config (or no frame for
+``idle_timeout_seconds``, after the finals), 1009 for a frame over ``max_frame_bytes``, 1013 when
+``max_streams`` streams are open, 1011 on an internal error, 1001 when the server shuts down (after the finals of
+the audio received so far).
 
 One model serves every stream: each stream's windows (``Stream.pending``) go to a batcher that runs the
-windows due across streams in one inference call (up to ``max_batch``, waiting at most ``max_wait_ms`` for
-more when the model is idle; while a call runs, the next batch gathers). Inference runs in one worker thread,
-so the event loop keeps reading sockets meanwhile; VAD and decoding run on the loop.
+windows due across streams (and HTTP requests) in one inference call (up to ``max_batch``, waiting at most
+``max_wait_ms`` for more when the model is idle; while a call runs, the next batch gathers). Inference runs in
+one worker thread, so the event loop keeps reading sockets meanwhile; VAD and decoding run on the loop.
 
-Flow control: a connection is read only as fast as ``max_speed`` x real time once it is ``burst_seconds``
-ahead (a token bucket); a faster client waits in TCP (the library buffers at most ``max_queue`` frames of at
-most ``max_frame_bytes``; a larger frame closes the connection with 1009), so no stream buffers without bound. A malformed frame or a vanished client ends only
-its own stream and frees its slot. ``GET /health`` on the same port answers 200 with a JSON status (503 while
-shutting down). SIGTERM/SIGINT: stop accepting, flush every stream's final, close, exit 0.
+Flow control (runtime.ws_session): frames are read as they arrive and queued; a stream takes them at most
+``max_speed`` x real time once it is ``burst_seconds`` ahead (a token bucket), and past ``max_buffer_bytes``
+queued the socket is not read (TCP pushes back), so no stream buffers without bound and a fast client is slowed,
+not dropped. A malformed frame or a vanished client ends only its own stream and frees its slot. ``GET
+/health`` answers 200 with a JSON status (503 while shutting down). SIGTERM/SIGINT: stop accepting, flush every
+stream's final, close, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import signal
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -34,17 +38,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xlsr_edge.errors import XlsrEdgeError, require
+from xlsr_edge.runtime.asgi import Listener, build_app
 from xlsr_edge.runtime.batching import batch_limit, infer_batch, plan_batches
-from xlsr_edge.runtime.stream import Stream, StreamOptions, WindowRequest
+from xlsr_edge.runtime.http_api import HttpOptions, ServedModel, TranscriptionApi
+from xlsr_edge.runtime.recognizer import TranscribeOptions
+from xlsr_edge.runtime.stream import StreamOptions, WindowRequest
+from xlsr_edge.runtime.ws_session import (  # noqa: F401 - the protocol's names, importable from here
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    ProtocolError,
+    Session,
+    refuse,
+)
 
 if TYPE_CHECKING:
     from xlsr_edge.runtime.recognizer import Recognizer
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
 CONFIG_KEYS = (
     "sample_rate",
     "chunk_seconds",
@@ -59,7 +71,9 @@ CONFIG_KEYS = (
 class ServerOptions:
     """max_streams: open streams at most; max_batch: windows per inference call (1 = no cross-stream
     batching); max_wait_ms: how long an idle model waits to fill a batch; max_speed: audio seconds per second a
-    stream is read at after burst_seconds (0 = unthrottled); limits on what a client's config may ask for."""
+    stream is read at after burst_seconds (0 = unthrottled); max_buffer_bytes: frames a stream may have
+    received but not taken yet (then TCP pushes back); idle_timeout_seconds: a stream that sends nothing this
+    long is closed (0 = never); limits on what a client's config may ask for."""
 
     max_streams: int = 16
     max_batch: int = 16
@@ -67,7 +81,8 @@ class ServerOptions:
     max_speed: float = 1.5
     burst_seconds: float = 2.0
     max_frame_bytes: int = 1 << 18  # 8 s of 16 kHz s16le
-    max_queue: int = 4
+    max_buffer_bytes: int = 1 << 23  # 262 s of 16 kHz s16le
+    idle_timeout_seconds: float = 30.0
     min_chunk_seconds: float = 0.25
     max_chunk_seconds: float = 8.0
     max_left_context_seconds: float = 10.0
@@ -81,14 +96,13 @@ class ServerOptions:
             raise ValueError("max_streams must be at least 1")
         if self.max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        if self.max_wait_ms < 0 or self.max_speed < 0 or self.burst_seconds < 0:
-            raise ValueError("max_wait_ms, max_speed and burst_seconds must be >= 0")
-
-
-class ProtocolError(Exception):
-    def __init__(self, message: str, code: int = CLOSE_POLICY) -> None:
-        super().__init__(message)
-        self.code = code
+        seconds = (self.max_wait_ms, self.max_speed, self.burst_seconds, self.idle_timeout_seconds)
+        if not all(math.isfinite(v) and v >= 0 for v in seconds):
+            raise ValueError(
+                "max_wait_ms, max_speed, burst_seconds and idle_timeout_seconds must be finite and >= 0"
+            )
+        if self.max_frame_bytes < 2 or self.max_buffer_bytes < self.max_frame_bytes:
+            raise ValueError("max_buffer_bytes must hold at least one frame of max_frame_bytes")
 
 
 class Batcher:
@@ -171,58 +185,77 @@ class Batcher:
 
 
 class StreamServer:
-    """The WebSocket server around one Recognizer. ``await start(host, port)``, then ``await shutdown()``."""
+    """The server around one Recognizer (plus, for the HTTP API, more bundles by name): WebSocket streams,
+    /v1 (runtime.http_api), /health and the page (runtime.asgi). ``await start(host, port)``, then
+    ``await shutdown()``."""
 
     def __init__(
         self,
         recognizer: Recognizer,
         stream_options: StreamOptions | None = None,
         options: ServerOptions | None = None,
+        *,
+        name: str = "default",
+        models: dict[str, Recognizer] | None = None,
+        http: HttpOptions | None = None,
+        api_key: str | None = None,
     ) -> None:
-        self.websockets = require("websockets", "stream", "needed by xlsr-edge serve")
+        for module in ("starlette", "uvicorn", "python_multipart", "websockets"):
+            require(module, "stream", "needed by xlsr-edge serve")
         self.rec = recognizer
+        self.name = name
         self.defaults = stream_options or StreamOptions()
         self.options = options or ServerOptions()
-        self.sessions: set[_Session] = set()
+        self.http = http or HttpOptions(transcribe=TranscribeOptions(batch_size=self.options.max_batch))
+        self.api_key = api_key or None
+        self.models = {name: ServedModel(name, recognizer)}
+        for other, rec in (models or {}).items():
+            if other in self.models:
+                raise ValueError(f"two bundles are named {other!r}")
+            self.models[other] = ServedModel(other, rec)
+        self.sessions: set[Session] = set()
         self.draining = False
         self.stopping: asyncio.Event | None = None
         self.batcher: Batcher | None = None
-        self.server = None
+        self.api: TranscriptionApi | None = None
+        self.listener: Listener | None = None
         self.address: tuple[str, int] | None = None
         self.refused = 0
         self.served = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        from websockets.asyncio.server import serve
-
         self.stopping = asyncio.Event()
-        self.batcher = Batcher(self.rec, self.options.max_batch, self.options.max_wait_ms / 1000.0)
-        self.batcher.start()
-        self.server = await serve(
-            self._handle,
-            host,
-            port,
-            process_request=self._process_request,
-            compression=None,
-            max_size=self.options.max_frame_bytes,
-            max_queue=self.options.max_queue,
-            close_timeout=2.0,  # a peer that never finishes the closing handshake (or an idle HTTP client)
-        )
-        sock = next(iter(self.server.sockets))
-        self.address = sock.getsockname()[:2]
+        for m in self.models.values():
+            m.batcher = Batcher(m.recognizer, self.options.max_batch, self.options.max_wait_ms / 1000.0)
+            m.batcher.start()
+        self.batcher = self.models[self.name].batcher
+        self.api = TranscriptionApi(self, self.http)
+        app = build_app(health=self.health, websocket=self._handle, api=self.api, api_key=self.api_key)
+        self.listener = Listener(app, max_frame_bytes=self.options.max_frame_bytes)
+        try:
+            self.address = await self.listener.start(host, port)
+        except BaseException:
+            await self._stop_workers()
+            raise
         return self.address
 
     def status(self) -> dict[str, Any]:
-        b = self.batcher
+        calls = sum(m.batcher.calls for m in self.models.values() if m.batcher)
+        windows = sum(m.batcher.windows for m in self.models.values() if m.batcher)
         return {
             "status": "draining" if self.draining else "ok",
             "streams": len(self.sessions),
             "max_streams": self.options.max_streams,
             "served": self.served,
             "refused": self.refused,
-            "inference_calls": b.calls if b else 0,
-            "windows": b.windows if b else 0,
+            "inference_calls": calls,
+            "windows": windows,
+            "models": list(self.models),
+            **(self.api.status() if self.api else {}),
         }
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        return (503 if self.draining else 200), self.status()
 
     def request_shutdown(self) -> None:
         """Stop accepting; every open stream flushes its finals and closes (safe from a signal handler)."""
@@ -234,50 +267,42 @@ class StreamServer:
         await self.stopping.wait()
 
     async def shutdown(self) -> None:
-        """Stop listening, let every stream flush its finals and close (within shutdown_grace_seconds; streams
-        still open then are dropped), stop the batcher."""
+        """Stop listening, let every stream flush its finals and close and every HTTP request finish (within
+        shutdown_grace_seconds; what is still open then is dropped), stop the batchers."""
         self.request_shutdown()
-        if self.server is not None:
-            self.server.close(close_connections=False)
-            try:
-                await asyncio.wait_for(self.server.wait_closed(), self.options.shutdown_grace_seconds)
-            except TimeoutError:
-                for s in list(self.sessions):
-                    s.abort()
-                try:
-                    await asyncio.wait_for(self.server.wait_closed(), 5.0)
-                except TimeoutError:
-                    pass
-        if self.batcher is not None:
-            await self.batcher.stop()
+        if self.listener is not None:
+            self.listener.stop_accepting()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.options.shutdown_grace_seconds
+            while (self.sessions or (self.api and self.api.in_flight)) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            for s in list(self.sessions):
+                s.abort()
+            await self.listener.close(grace=2.0)
+        await self._stop_workers()
 
-    # -- websockets hooks --------------------------------------------------------------------------------------
-
-    def _process_request(self, connection, request):
-        """Plain HTTP on the WebSocket port: GET /health (readiness), anything else 404/426."""
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
-        path = request.path.split("?", 1)[0]
-        if path in ("/health", "/healthz", "/ready"):
-            response = connection.respond(503 if self.draining else 200, json.dumps(self.status()) + "\n")
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = "application/json"
-            return response
-        if path == "/":
-            return connection.respond(426, "xlsr-edge serve: connect with a WebSocket client\n")
-        return connection.respond(404, "not found\n")
+    async def _stop_workers(self) -> None:
+        if self.api is not None:
+            self.api.closing.set()  # HTTP workers stop waiting for the batchers
+        for m in self.models.values():
+            if m.batcher is not None:
+                await m.batcher.stop()
+        if self.api is not None:
+            await asyncio.to_thread(self.api.close)
 
     async def _handle(self, ws) -> None:
+        """A WebSocket connection (any path): refused while shutting down or at max_streams, else a stream."""
+        await ws.accept()
         if self.draining:
-            await _refuse(ws, "the server is shutting down", CLOSE_GOING_AWAY)
+            await refuse(ws, "the server is shutting down", CLOSE_GOING_AWAY)
             return
         if len(self.sessions) >= self.options.max_streams:
             self.refused += 1
-            await _refuse(
+            await refuse(
                 ws, f"server busy: {self.options.max_streams} streams open (max-streams)", CLOSE_TRY_AGAIN
             )
             return
-        session = _Session(self, ws)
+        session = Session(self, ws)
         self.sessions.add(session)
         try:
             await session.run()
@@ -337,129 +362,6 @@ class StreamServer:
             raise ProtocolError(f"config: {exc}") from exc
 
 
-async def _refuse(ws, message: str, code: int) -> None:
-    try:
-        await ws.send(json.dumps({"type": "error", "error": message}))
-        await ws.close(code, message[:100])
-    except Exception:  # noqa: BLE001 - the client may already be gone
-        pass
-
-
-class _Session:
-    """One connection: frames in, events out, its own Stream."""
-
-    def __init__(self, server: StreamServer, ws) -> None:
-        self.server = server
-        self.ws = ws
-        self.stream: Stream | None = None
-        self.options = server.defaults
-        self.input_rate = server.rec.info.sample_rate
-        self.tokens = server.options.burst_seconds  # token bucket: audio seconds the client may send ahead
-        self.refilled = time.monotonic()
-        self._stop_task: asyncio.Task | None = None
-
-    def abort(self) -> None:
-        """Drop the connection without a closing handshake (shutdown grace exceeded)."""
-        transport = getattr(self.ws, "transport", None)
-        if transport is not None:
-            transport.abort()
-
-    async def run(self) -> None:
-        closed = self.server.websockets.exceptions.ConnectionClosed
-        self._stop_task = asyncio.ensure_future(self.server.stopping.wait())
-        try:
-            code, reason = await self._serve()
-            await self._flush()
-            await self.ws.close(code, reason)
-        except ProtocolError as exc:
-            await _refuse(self.ws, str(exc), exc.code)
-        except closed:
-            pass  # the client went away: its stream is dropped, its slot freed
-        except Exception as exc:  # noqa: BLE001 - one stream's failure must not stop the others
-            await _refuse(self.ws, f"internal error: {type(exc).__name__}: {exc}", CLOSE_INTERNAL)
-        finally:
-            self._stop_task.cancel()
-
-    async def _serve(self) -> tuple[int, str]:
-        first = True
-        while True:
-            msg = await self._recv()
-            if msg is None:
-                return CLOSE_GOING_AWAY, "server shutting down"
-            if isinstance(msg, bytes | bytearray | memoryview):
-                await self._audio(bytes(msg))
-            else:
-                try:
-                    obj = json.loads(msg)
-                except ValueError:
-                    raise ProtocolError(
-                        'text frames must be JSON: {"config": {...}} or {"eof": true}'
-                    ) from None
-                if not isinstance(obj, dict) or len(obj) != 1:
-                    raise ProtocolError('text frames must be {"config": {...}} or {"eof": true}')
-                if "config" in obj:
-                    if not first:
-                        raise ProtocolError("config must be the first frame")
-                    self.options, self.input_rate = self.server.stream_options(obj["config"])
-                elif obj.get("eof") is True:
-                    return CLOSE_NORMAL, "done"
-                else:
-                    raise ProtocolError('text frames must be {"config": {...}} or {"eof": true}')
-            first = False
-
-    async def _recv(self):
-        """The next frame, or None when the server shuts down first (cancelling recv loses nothing)."""
-        recv = asyncio.ensure_future(self.ws.recv())
-        done, _ = await asyncio.wait({recv, self._stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if recv in done:
-            return recv.result()
-        recv.cancel()
-        try:
-            await recv
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001
-            pass
-        return None
-
-    async def _audio(self, data: bytes) -> None:
-        if len(data) % 2:
-            raise ProtocolError("binary frames must hold whole s16le samples (an even number of bytes)")
-        if self.stream is None:
-            self.stream = self.server.rec.stream(self.options)
-        x = np.frombuffer(data, dtype="<i2")
-        self.stream.feed(x)
-        await self._drain()
-        await self._throttle(len(x) / self.input_rate)
-
-    async def _throttle(self, seconds: float) -> None:
-        """A token bucket (burst_seconds deep, refilled at max_speed audio seconds per second): once the client
-        is further ahead than that, the next frame is read only when it is due (TCP pushes back meanwhile)."""
-        opts = self.server.options
-        if opts.max_speed <= 0:
-            return
-        now = time.monotonic()
-        self.tokens = min(opts.burst_seconds, self.tokens + (now - self.refilled) * opts.max_speed) - seconds
-        self.refilled = now
-        wait = -self.tokens / opts.max_speed
-        if wait > 0:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._stop_task), wait)
-            except TimeoutError:
-                pass
-
-    async def _drain(self) -> None:
-        stream = self.stream
-        while (req := stream.pending()) is not None:
-            logits, length = await self.server.batcher.infer(req)
-            stream.complete(logits, length)
-        for event in stream.take_events():
-            await self.ws.send(json.dumps(event.to_json(), ensure_ascii=False))
-
-    async def _flush(self) -> None:
-        if self.stream is not None:
-            self.stream.finish()
-            await self._drain()
-
-
 def serve_forever(
     recognizer: Recognizer,
     host: str,
@@ -467,11 +369,13 @@ def serve_forever(
     stream_options: StreamOptions | None = None,
     options: ServerOptions | None = None,
     ready: Callable[[tuple[str, int]], None] | None = None,
+    **server_kwargs,
 ) -> int:
-    """Run the server until SIGTERM/SIGINT, then flush every stream and return 0."""
+    """Run the server until SIGTERM/SIGINT, then flush every stream and return 0. server_kwargs: StreamServer's
+    keywords (name, models, http, api_key)."""
 
     async def main() -> int:
-        server = StreamServer(recognizer, stream_options, options)
+        server = StreamServer(recognizer, stream_options, options, **server_kwargs)
         try:
             address = await server.start(host, port)
         except OSError as exc:
