@@ -311,12 +311,7 @@ def test_requests_over_the_queue_limit_get_429(rec):
     from xlsr_edge.runtime.http_api import HttpOptions
 
     clip = CLIPS[2].read_bytes()
-    boundary = "b0undary"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n'
-        "Content-Type: audio/flac\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
+    head, tail, content_type = multipart_frame()
 
     async def main(url: str):
         gate = asyncio.Event()
@@ -331,7 +326,7 @@ def test_requests_over_the_queue_limit_get_429(rec):
                 client.post(
                     url + "/v1/audio/transcriptions",
                     content=slow_body(),
-                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                    headers={"Content-Type": content_type},
                 )
             )
             await asyncio.sleep(0.5)  # the first request is in flight, its body half sent
@@ -344,6 +339,49 @@ def test_requests_over_the_queue_limit_get_429(rec):
         assert second.status_code == 429 and second.json()["error"]["code"] == "queue_full"
         assert first.status_code == 200 and first.json()["text"]
         assert s.status()["http_refused"] == 1
+
+
+def multipart_frame(boundary: str = "b0undary") -> tuple[bytes, bytes, str]:
+    """What goes before and after a file's bytes in a one-part multipart body, and its Content-Type."""
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n'
+        "Content-Type: audio/flac\r\n\r\n"
+    ).encode()
+    return head, f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_stalled_upload_is_dropped_and_frees_its_slot(rec, monkeypatch):
+    import httpx
+
+    from xlsr_edge.runtime import uploads
+
+    monkeypatch.setattr(uploads, "STALL_SECONDS", 0.5)
+    head, tail, content_type = multipart_frame()
+
+    async def main(s: ServerThread):
+        async def stalled():
+            yield head + b"RIFF"
+            await asyncio.sleep(30)
+            yield tail
+
+        async with httpx.AsyncClient(timeout=60) as client:
+            task = asyncio.ensure_future(
+                client.post(
+                    s.url + "/v1/audio/transcriptions",
+                    content=stalled(),
+                    headers={"Content-Type": content_type},
+                )
+            )
+            await asyncio.sleep(0.3)
+            during = await asyncio.to_thread(s.status)
+            await asyncio.sleep(1.5)
+            after = await asyncio.to_thread(s.status)
+            task.cancel()
+            return during, after
+
+    with ServerThread(rec) as s:
+        during, after = asyncio.run(main(s))
+    assert during["http_in_flight"] == 1 and after["http_in_flight"] == 0
 
 
 # -- API key ------------------------------------------------------------------------------------------------
@@ -529,3 +567,31 @@ def test_segments_split_at_pauses_and_subtitle_times():
     verbose = render("verbose_json", text="a b", words=words[:2], duration=1.0, language="tr")
     assert "words" not in verbose and verbose["segments"][0]["text"] == "a b"
     assert np.isclose(verbose["duration"], 1.0)
+
+
+def test_connections_that_send_no_request_are_closed(rec, monkeypatch):
+    """uvicorn has no deadline for a first request: the server adds one, so idle sockets cannot pile up."""
+    import socket
+    import time
+
+    from xlsr_edge.runtime import asgi
+
+    monkeypatch.setattr(asgi, "FIRST_REQUEST_SECONDS", 0.5)
+    with ServerThread(rec) as s:
+        socks = [socket.create_connection(s.address, timeout=10) for _ in range(20)]
+        t0 = time.monotonic()
+        for sock in socks:
+            assert sock.recv(1) == b""  # closed by the server
+            sock.close()
+        assert time.monotonic() - t0 < 5
+        assert s.status()["status"] == "ok"
+
+
+def test_the_web_stack_is_imported_only_when_serving():
+    """starlette, uvicorn and multipart stay out of `import xlsr_edge.runtime...` (the extra is optional)."""
+    code = (
+        "import sys, xlsr_edge.runtime, xlsr_edge.runtime.server, xlsr_edge.runtime.asgi, xlsr_edge.runtime.http_api;"
+        "print([m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'python_multipart', 'websockets')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

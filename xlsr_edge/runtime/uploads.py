@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 DRAIN_SECONDS = 30.0
+# an upload that sends nothing this long is refused (408): a stalled body holds no request slot forever
+STALL_SECONDS = 30.0
 COPY_BLOCK = 1 << 20
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
@@ -52,7 +54,13 @@ class _Counter:
         self.receive, self.limit, self.seen, self.done = receive, limit, 0, False
 
     async def __call__(self) -> dict[str, Any]:
-        message = await self.receive()
+        try:
+            message = await asyncio.wait_for(self.receive(), STALL_SECONDS)
+        except TimeoutError:
+            self.done = True  # nothing to drain: the client stopped sending
+            raise UploadError(
+                408, f"the upload stalled: no data for {STALL_SECONDS:g} s", "file", "upload_stalled"
+            ) from None
         if message["type"] == "http.request":
             self.seen += len(message.get("body", b""))
             self.done = not message.get("more_body", False)
