@@ -21,8 +21,8 @@ from xlsr_edge.constants import (
     DEFAULT_CHUNK_CONTEXT_SECONDS,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_SECONDS,
-)
     MAX_PADDING,
+)
 from xlsr_edge.decoders import Decoded, Decoder, GreedyOptions, Vocabulary, make_decoder
 from xlsr_edge.errors import AudioError, BundleError, XlsrEdgeError
 from xlsr_edge.runtime.audio import AudioFile, StreamedAudio, check_duration, normalize, prepare_audio

@@ -33,8 +33,8 @@ from xlsr_edge import limits
 from xlsr_edge.decoders import Decoded, Word
 from xlsr_edge.errors import AudioError, XlsrEdgeError
 from xlsr_edge.runtime.audio import normalize
-from xlsr_edge.runtime.vad import VAD_FRAME, VAD_RATE, Endpointer, SileroVad, VadOptions
 from xlsr_edge.runtime.batching import infer_batch
+from xlsr_edge.runtime.vad import VAD_FRAME, VAD_RATE, Endpointer, SileroVad, VadOptions
 
 if TYPE_CHECKING:
     from xlsr_edge.runtime.recognizer import Recognizer
