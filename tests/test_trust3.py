@@ -5,12 +5,16 @@ is named."""
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 
 from xlsr_edge import limits
-from xlsr_edge.cli import build_parser, export_parser, main
+from xlsr_edge.cli import build_parser, export_main, export_parser, main
 from xlsr_edge.limits import OptionError, check_number
 
 # -- numbers: finite, in range, bounded by the machine ---------------------------------------------------------
@@ -264,3 +268,128 @@ def test_install_files_without_replace_never_replaces(tmp_path):
     assert (tmp_path / "a").read_text() == "someone else's"
     install_files([(tmp_path / "a.tmp", tmp_path / "b")], replace=False)
     assert (tmp_path / "b").read_text() == "new" and not (tmp_path / "a.tmp").exists()
+
+
+# -- 8: a full disk or a read-only folder: one `error:` line naming the path, earlier outputs intact ------------
+
+CLIPS = Path(__file__).resolve().parents[1] / "xlsr_edge" / "data" / "clips" / "clips.jsonl"
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def full_disk_on(monkeypatch, name: str) -> None:
+    """Writing a file called `name` fails as write() does on a full disk: ENOSPC, no file name."""
+    write_text = Path.write_text
+
+    def write(self, *args, **kwargs):
+        if self.name == name:
+            write_text(self, "half of it")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write)
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_export_with_a_full_disk_at_bundle_json_keeps_the_old_bundle(
+    tiny_ckpt, tiny_bundle, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "b"
+    shutil.copytree(tiny_bundle, out)  # an earlier export
+    before = tree(tmp_path)
+    full_disk_on(monkeypatch, ".bundle.json.tmp")
+    assert export_main([str(tiny_ckpt), "-o", str(out), "--overwrite", "--no-verify"]) == 1  # a failed run
+    line = one_error(capsys)
+    assert line == (
+        f"error: cannot write {out / 'bundle.json'}: No space left on device; free some space and run again "
+        f"({out} is as it was)"
+    )
+    assert tree(tmp_path) == before  # the old bundle, and no temp folder left
+
+
+def test_eval_report_on_a_full_disk_keeps_the_old_report(tiny_bundle, tmp_path, monkeypatch, capsys):
+    report = tmp_path / "report"
+    assert main(["eval", str(tiny_bundle), str(CLIPS), "--report", str(report)]) == 0
+    before = tree(tmp_path)
+    capsys.readouterr()
+    full_disk_on(monkeypatch, "report.md")
+    assert main(["eval", str(tiny_bundle), str(CLIPS), "--report", str(report)]) == 1
+    line = one_error(capsys)
+    assert line.startswith(f"error: cannot write {report}") and "No space left on device" in line
+    assert tree(tmp_path) == before
+
+
+def test_read_only_targets_are_refused_before_any_work(tiny_ckpt, tiny_bundle, tmp_path, monkeypatch, capsys):
+    """EROFS: found when the command starts (also as root, whom permissions do not stop), nothing written."""
+    import os
+
+    from xlsr_edge import outputs
+
+    statvfs = os.statvfs
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+
+    class ReadOnly:
+        def __init__(self, real):
+            self.f_flag = real.f_flag | os.ST_RDONLY
+
+    def fake(path):
+        real = statvfs(path)
+        return ReadOnly(real) if Path(path) == readonly else real
+
+    monkeypatch.setattr(outputs.os, "statvfs", fake)
+    cases = [
+        lambda: export_main([str(tiny_ckpt), "-o", str(readonly / "b")]),
+        lambda: main(["eval", str(tiny_bundle), str(CLIPS), "--report", str(readonly / "r")]),
+        lambda: main(["transcribe-dataset", str(tiny_bundle), str(CLIPS), "-o", str(readonly / "t")]),
+    ]
+    for case in cases:
+        assert case() == 2
+        line = one_error(capsys)
+        assert f"cannot write there ({readonly} is on a read-only file system)" in line, line
+    assert list(readonly.iterdir()) == []
+
+
+def test_a_shard_that_hits_a_full_disk_is_one_line_and_earlier_shards_stay(tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from xlsr_edge.errors import OutputError
+    from xlsr_edge.scale import output
+
+    writer = output.ShardWriter(tmp_path, "parquet", 1)
+    first = writer.write([{"id": "0:0", "text": "a"}])
+    before = tree(tmp_path)
+
+    def full(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1")
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with pytest.raises(OutputError) as info:
+        writer.write([{"id": "0:1", "text": "b"}])
+    second = tmp_path / "part-001-00001.parquet"
+    assert str(info.value).startswith(f"cannot write {second}: No space left on device; free some space")
+    assert info.value.exit_code == 1
+    assert tree(tmp_path) == before and first.is_file()  # no temp shard, the first shard untouched
+
+
+def test_an_os_error_no_writer_named_is_still_one_line(capsys):
+    from xlsr_edge.cli import run
+
+    def handler(args):
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/x/out.json")
+
+    assert run(argparse.Namespace(fn=handler)) == 1
+    assert capsys.readouterr().err == "error: /mnt/x/out.json: Read-only file system\n"

@@ -513,7 +513,12 @@ def write_manifest(folder: Path, manifest: BundleManifest) -> Path:
     path = Path(folder) / BUNDLE_JSON
     tmp = path.with_name(f".{BUNDLE_JSON}.tmp")
     tmp.unlink(missing_ok=True)  # never write through a symlink left in the folder
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        tmp.write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:  # a full disk: write() names no file; the writer's error line should name this one
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     os.replace(tmp, path)
     return path
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from xlsr_edge import __version__
 from xlsr_edge.commands import COMMAND_MODULES
-from xlsr_edge.constants import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USER_ERROR
+from xlsr_edge.constants import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USER_ERROR
 from xlsr_edge.errors import XlsrEdgeError
 
 
@@ -33,11 +33,15 @@ def run(args: argparse.Namespace) -> int:
         return code
     except (XlsrEdgeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return getattr(exc, "exit_code", EXIT_USER_ERROR)  # OutputError: the run failed (exit 1)
     except BrokenPipeError:
         # the reader went away: point stdout at devnull so the interpreter's final flush does not fail too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a full disk or a read-only folder that no writer named: still one line, exit 1
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

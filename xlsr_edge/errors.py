@@ -30,6 +30,13 @@ class ManifestError(XlsrEdgeError):
     """A manifest line is malformed or names missing audio."""
 
 
+class OutputError(XlsrEdgeError):
+    """Writing an output failed (a full disk, a read-only folder): the run failed, not its input, so the CLIs
+    exit 1 (`exit_code`); the message names the path and the reason, and what was there before is intact."""
+
+    exit_code = 1  # constants.EXIT_SOME_FAILED (errors imports nothing of the package)
+
+
 class MissingDependencyError(XlsrEdgeError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 

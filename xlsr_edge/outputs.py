@@ -43,16 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xlsr_edge.constants import BUNDLE_JSON
-from xlsr_edge.errors import XlsrEdgeError
+from xlsr_edge.errors import OutputError, XlsrEdgeError
 
 ENV_KILL_AT = "XLSR_EDGE_TEST_KILL_AT"
 ENV_NO_EXCHANGE = "XLSR_EDGE_TEST_NO_EXCHANGE"
 # Where a write can be killed, in order (exchanged: renameat2 path; old-aside/new-in: fallback path).
 KILL_STEPS = ("created", "written", "ready", "exchanged", "old-aside", "new-in", "removing")
 
-MARKER = (
-    ".xlsr-edge-writing"  # in every temp folder until it is complete (a dotfile: bundle hashing skips it)
-)
+# in every temp folder until it is complete (a dotfile: bundle hashing skips it)
+MARKER = ".xlsr-edge-writing"
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.xlsr-(?P<stage>tmp|old)-(?P<pid>\d+)(?:-\d+)?$")
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -238,6 +237,9 @@ def check_output(
         raise XlsrEdgeError(f"{shown} is a symbolic link; give the folder it points to, or a new folder")
     if os.path.ismount(target):
         raise XlsrEdgeError(f"{shown} is a mount point, which cannot be replaced; give a folder inside it")
+    why = _unwritable(target.parent)
+    if why:  # found now, not when the work is done
+        raise XlsrEdgeError(f"{shown}: cannot write there ({why}); choose another place")
     if not target.exists():
         return target
     if not target.is_dir():
@@ -260,6 +262,46 @@ def check_output(
         f"output {target} already exists and holds files that are not a {kind.what} of {kind.writer} "
         f"({sample}); {replaces} its own {kind.what} or an empty folder: choose another {flag}"
     )
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why files cannot be created in `folder` (or, where it does not exist yet, in the folder that will hold
+    it), or None. A read-only file system is refused even for root, for whom permissions are no obstacle."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"{folder} is on a read-only file system"
+    except (OSError, AttributeError):
+        pass
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to write in {folder}"
+    return None
+
+
+# Failures that only a write gives; a read error inside a writer's block passes through unchanged.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def write_failure(
+    exc: OSError, target: Path, tmp: Path | None = None, *, after: str | None = None
+) -> OutputError | None:
+    """An OSError from writing `target` (in its temp folder `tmp`) as one line naming the path and the reason
+    ("cannot write out/b/bundle.json: No space left on device; out/b is as it was"), or None when it is not a
+    failed write (reading the input, say). `after` replaces the closing "(TARGET is as it was)"."""
+    name = Path(os.path.abspath(os.fsdecode(exc.filename))) if exc.filename is not None else None
+    if name is not None and tmp is not None and _contains(Path(os.path.abspath(tmp)), name):
+        shown = target / name.relative_to(os.path.abspath(tmp))  # the file as it would have been named
+    elif exc.errno in _WRITE_ERRNOS or (name is not None and exc.errno in (errno.EACCES, errno.EPERM)):
+        shown = Path(os.fsdecode(exc.filename)) if exc.filename is not None else target
+    else:
+        return None
+    reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)  # pyarrow adds its own words
+    hint = "; free some space and run again" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return OutputError(f"cannot write {shown}: {reason}{hint} {after or f'({target} is as it was)'}")
 
 
 # -- signals -------------------------------------------------------------------------------------------------
@@ -476,16 +518,23 @@ def atomic_output(
     target = Path(target)
     checks = dict(overwrite=overwrite, flag=flag, protect=protect, overwrite_flag=overwrite_flag)
     check_output(target, kind, **checks)
-    with scratch_folder(target) as tmp:
-        try:
-            yield tmp
-        except BaseException as exc:
-            if commit_if is None or not commit_if(tmp, exc):
+    tmp = None
+    try:
+        with scratch_folder(target) as tmp:
+            try:
+                yield tmp
+            except BaseException as exc:
+                if commit_if is None or not commit_if(tmp, exc):
+                    raise
+                _commit(tmp, target, kind, checks)
                 raise
+            _kill_point("written")
             _commit(tmp, target, kind, checks)
+    except OSError as exc:  # a full disk, a read-only folder: one line naming the file (a write() names none)
+        failure = write_failure(exc, target, tmp)
+        if failure is None:
             raise
-        _kill_point("written")
-        _commit(tmp, target, kind, checks)
+        raise failure from exc
 
 
 def _commit(tmp: Path, target: Path, kind: OutputKind, checks: dict) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 from xlsr_edge.bundle import load_bundle
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_CONTEXT_SECONDS, DEFAULT_CHUNK_SECONDS
-from xlsr_edge.errors import XlsrEdgeError
+from xlsr_edge.errors import OutputError, XlsrEdgeError
 from xlsr_edge.scale import output
 from xlsr_edge.scale.cluster import (
     LOCAL,
@@ -354,11 +354,13 @@ def transcribe_dataset(
     except BaseException as exc:
         state["interrupted"] = isinstance(exc, KeyboardInterrupt)
         state["error"] = None if state["interrupted"] else str(exc) or type(exc).__name__
+        writable = not isinstance(exc, OutputError)  # after a failed write (full disk), more writes fail too
         try:
-            flush()  # the rows already received are finished work: keep them
+            if writable:
+                flush()  # the rows already received are finished work: keep them
             if run == 1 and not writer.written:  # nothing done: leave no output that would need --resume
                 output.discard(out, remove_folder=not existed)
-            else:
+            elif writable:
                 finish(check=False)
         except Exception as inner:  # noqa: BLE001 - the first failure is the one to report
             logging.getLogger(__name__).warning(

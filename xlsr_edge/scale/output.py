@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xlsr_edge.errors import XlsrEdgeError
-from xlsr_edge.outputs import OutputKind, check_output, has_file, install_files
+from xlsr_edge.outputs import OutputKind, check_output, has_file, install_files, write_failure
 
 JOB_JSON = "_job.json"
 SUMMARY_JSON = "_summary.json"
@@ -146,8 +147,25 @@ def scan(folder: Path, sha256: str) -> Scan:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    install_files([(tmp, path)])
+    with _naming(path, tmp):
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        install_files([(tmp, path)])
+
+
+@contextmanager
+def _naming(path: Path, tmp: Path) -> Iterator[None]:
+    """A full disk or a read-only folder while writing `path` (via `tmp`): one OutputError naming it, no temp
+    file left; what the folder held before (every finished shard) stays."""
+    try:
+        yield
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        failure = write_failure(
+            exc, path, after="(the shards written before it are complete: --resume goes on)"
+        )
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def read_job(folder: Path) -> dict[str, Any]:
@@ -238,16 +256,17 @@ class ShardWriter:
             return None
         name = f"part-{self.run:03d}-{self.seq:05d}.{self.fmt}"
         tmp = self.folder / f".{name}.tmp"
-        if self.fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        with _naming(self.folder / name, tmp):
+            if self.fmt == "parquet":
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(rows, schema=output_schema()), tmp)
-        else:
-            with tmp.open("w", encoding="utf-8") as f:
-                for row in rows:
-                    f.write(json.dumps({c: row.get(c) for c in COLUMNS}, ensure_ascii=False) + "\n")
-        install_files([(tmp, self.folder / name)])
+                pq.write_table(pa.Table.from_pylist(rows, schema=output_schema()), tmp)
+            else:
+                with tmp.open("w", encoding="utf-8") as f:
+                    for row in rows:
+                        f.write(json.dumps({c: row.get(c) for c in COLUMNS}, ensure_ascii=False) + "\n")
+            install_files([(tmp, self.folder / name)], replace=False)  # another run's shard is never replaced
         self.seq += 1
         self.written.append(self.folder / name)
         return self.folder / name
