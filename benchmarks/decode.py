@@ -302,6 +302,101 @@ def end_to_end(
     return rows
 
 
+def markdown(results: dict) -> str:
+    """results.md: decoder throughput, the end-to-end split by stage, the goals."""
+    dec_rows, e2e_rows, goals = results["decoders"], results["end_to_end"], results["goals"]
+    model_desc, audio_s, lm_lines = results["model"], results["audio_seconds"], results["lm"]["corpus_lines"]
+    dec_table = markdown_table(
+        dec_rows,
+        [
+            ("logits", "logits"),
+            ("decoder", "decoder"),
+            ("audio_s", "audio s", "{:.1f}"),
+            ("cpu_s_p50", "CPU s (p50)", "{:.4f}"),
+            ("wall_s_p50", "wall s (p50)", "{:.4f}"),
+            ("x_real_time_per_core", "× real time / core", "{:.0f}"),
+            ("ms_per_audio_s", "CPU ms / audio-s", "{:.3f}"),
+        ],
+    )
+    e2e_table = markdown_table(
+        e2e_rows,
+        [
+            ("decoder", "decoder"),
+            ("load_s", "load s", "{:.3f}"),
+            ("front_end_s", "front end s", "{:.3f}"),
+            ("inference_s", "inference s", "{:.3f}"),
+            ("decode_s", "decode s", "{:.4f}"),
+            ("e2e_s", "end-to-end s (no load)", "{:.3f}"),
+            ("decode_share", "decode share", "{:.2%}"),
+            ("x_real_time", "× real time", "{:.1f}"),
+        ],
+    )
+    goal_rows = [{"check": k, **v, "met": "yes" if v["met"] else "NO"} for k, v in goals.items()]
+    goal_table = markdown_table(
+        goal_rows, [("check", "check"), ("value", "value", "{:.4g}"), ("goal", "goal"), ("met", "met")]
+    )
+    peaks = ", ".join(
+        f"{k}: mean max prob {v['mean_max_prob']:.3f}, blank frames {v['blank_frames']:.0%}"
+        for k, v in results["logits"].items()
+    )
+    md = "\n".join(
+        [
+            "# Decoding benchmark",
+            "",
+            f"Model: {model_desc}. Audio: {audio_s:.1f} s in {results['utterances']} files. "
+            f"Beam width {results['beam_width']}; "
+            f"KenLM 3-gram on {lm_lines} lines. Logits: {peaks}. CPU: {results['environment']['cpu']} "
+            f"(load {results['environment'].get('loadavg_1m')}).",
+            "",
+            "## Decoder throughput (CPU time of this process, single-threaded decoders)",
+            "",
+            dec_table,
+            "",
+            "## End-to-end transcribe, split by stage (wall-clock, median)",
+            "",
+            e2e_table,
+            "",
+            "## Goals",
+            "",
+            goal_table,
+            "",
+        ]
+    )
+    return md
+
+
+def plots(results: dict, out: Path) -> list:
+    """decode_throughput.png and e2e_split.png, drawn after the figures are written."""
+    dec_rows, e2e_rows, audio_s = results["decoders"], results["end_to_end"], results["audio_seconds"]
+    split = [
+        {"decoder": r["decoder"], "stage": s, "seconds": r[f"{s}_s"]}
+        for r in e2e_rows
+        for s in ("front_end", "inference", "decode")
+    ]
+    return [
+        lambda: plot_bars(
+            dec_rows,
+            out / "decode_throughput.png",
+            value="x_real_time_per_core",
+            group=lambda r: r["decoder"],
+            series=lambda r: f"{r['logits']} logits",
+            title=f"decoding speed, beam width {results['beam_width']}",
+            ylabel="× real time per core (log)",
+            log=True,
+        ),
+        lambda: plot_bars(
+            split,
+            out / "e2e_split.png",
+            value="seconds",
+            group=lambda r: r["stage"],
+            series=lambda r: r["decoder"],
+            title=f"transcribe of {audio_s:.0f} s of audio, by stage",
+            ylabel="seconds, median (log)",
+            log=True,
+        ),
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results/decode"))
@@ -378,89 +473,8 @@ def main() -> int:
         "goals": goals,
         "environment": environment(),
     }
-    dec_table = markdown_table(
-        dec_rows,
-        [
-            ("logits", "logits"),
-            ("decoder", "decoder"),
-            ("audio_s", "audio s", "{:.1f}"),
-            ("cpu_s_p50", "CPU s (p50)", "{:.4f}"),
-            ("wall_s_p50", "wall s (p50)", "{:.4f}"),
-            ("x_real_time_per_core", "× real time / core", "{:.0f}"),
-            ("ms_per_audio_s", "CPU ms / audio-s", "{:.3f}"),
-        ],
-    )
-    e2e_table = markdown_table(
-        e2e_rows,
-        [
-            ("decoder", "decoder"),
-            ("load_s", "load s", "{:.3f}"),
-            ("front_end_s", "front end s", "{:.3f}"),
-            ("inference_s", "inference s", "{:.3f}"),
-            ("decode_s", "decode s", "{:.4f}"),
-            ("e2e_s", "end-to-end s (no load)", "{:.3f}"),
-            ("decode_share", "decode share", "{:.2%}"),
-            ("x_real_time", "× real time", "{:.1f}"),
-        ],
-    )
-    goal_rows = [{"check": k, **v, "met": "yes" if v["met"] else "NO"} for k, v in goals.items()]
-    goal_table = markdown_table(
-        goal_rows, [("check", "check"), ("value", "value", "{:.4g}"), ("goal", "goal"), ("met", "met")]
-    )
-    peaks = ", ".join(
-        f"{k}: mean max prob {v['mean_max_prob']:.3f}, blank frames {v['blank_frames']:.0%}"
-        for k, v in results["logits"].items()
-    )
-    md = "\n".join(
-        [
-            "# Decoding benchmark",
-            "",
-            f"Model: {model_desc}. Audio: {audio_s:.1f} s in {len(paths)} files. Beam width {args.beam_width}; "
-            f"KenLM 3-gram on {lm_lines} lines. Logits: {peaks}. CPU: {results['environment']['cpu']} "
-            f"(load {results['environment'].get('loadavg_1m')}).",
-            "",
-            "## Decoder throughput (CPU time of this process, single-threaded decoders)",
-            "",
-            dec_table,
-            "",
-            "## End-to-end transcribe, split by stage (wall-clock, median)",
-            "",
-            e2e_table,
-            "",
-            "## Goals",
-            "",
-            goal_table,
-            "",
-        ]
-    )
-    split = [
-        {"decoder": r["decoder"], "stage": s, "seconds": r[f"{s}_s"]}
-        for r in e2e_rows
-        for s in ("front_end", "inference", "decode")
-    ]
-    plots = [
-        lambda: plot_bars(
-            dec_rows,
-            args.out / "decode_throughput.png",
-            value="x_real_time_per_core",
-            group=lambda r: r["decoder"],
-            series=lambda r: f"{r['logits']} logits",
-            title=f"decoding speed, beam width {args.beam_width}",
-            ylabel="× real time per core (log)",
-            log=True,
-        ),
-        lambda: plot_bars(
-            split,
-            args.out / "e2e_split.png",
-            value="seconds",
-            group=lambda r: r["stage"],
-            series=lambda r: r["decoder"],
-            title=f"transcribe of {audio_s:.0f} s of audio, by stage",
-            ylabel="seconds, median (log)",
-            log=True,
-        ),
-    ]
-    write_results(args.out, results, run, markdown=md, plots=plots, log=log)
+    md = markdown(results)
+    write_results(args.out, results, run, markdown=md, plots=plots(results, args.out), log=log)
     print(json.dumps(results, indent=2, ensure_ascii=False, default=str))
     print(md)
     return 0
