@@ -524,6 +524,7 @@ def test_serve_cli_bundles_key_from_the_environment_and_sigterm(bundle, expected
         (["--max-upload-mb", "inf"], "--max-upload-mb"),
         (["--idle-timeout-seconds", "-1"], "--idle-timeout-seconds"),
         (["--max-requests", "0"], "--max-requests"),
+        (["--max-buffer-mb", "nan"], "--max-buffer-mb"),
     ],
 )
 def test_serve_cli_refuses_bad_options_in_one_line(bundle, args, message):

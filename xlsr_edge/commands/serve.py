@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 from pathlib import Path
@@ -60,12 +59,6 @@ def _load(args: argparse.Namespace, path: Path):
     return load_recognizer(args, path, language=language)
 
 
-def _check(flag: str, value: float, low: float, *, strict: bool = True) -> None:
-    ok = math.isfinite(value) and (value > low if strict else value >= low)
-    if not ok:
-        raise XlsrEdgeError(f"{flag} must be a number {'>' if strict else '>='} {low:g}, got {value:g}")
-
-
 def _serve(args: argparse.Namespace) -> int:
     for module in ("starlette", "uvicorn", "python_multipart", "websockets"):
         require(module, "stream", "needed by xlsr-edge serve")
@@ -73,11 +66,6 @@ def _serve(args: argparse.Namespace) -> int:
     from xlsr_edge.runtime.recognizer import TranscribeOptions
     from xlsr_edge.runtime.server import ServerOptions, serve_forever
 
-    if not 0 <= args.port <= 65535:
-        raise XlsrEdgeError(f"--port must be within 0..65535, got {args.port}")
-    _check("--max-upload-mb", args.max_upload_mb, 0)
-    _check("--idle-timeout-seconds", args.idle_timeout_seconds, 0, strict=False)
-    _check("--max-requests", args.max_requests, 0)
     bundles = _bundles(args)
     options = ServerOptions(
         max_streams=args.max_streams,
@@ -86,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_speed=args.max_speed,
         burst_seconds=args.burst_seconds,
         idle_timeout_seconds=args.idle_timeout_seconds,
+        max_buffer_bytes=int(args.max_buffer_mb * 2**20),
     )
     http = HttpOptions(
         max_upload_mb=args.max_upload_mb,
@@ -193,6 +182,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=limits.nonneg_float(limits.MAX_SECONDS),
         default=30.0,
         help="a stream that sends nothing this long is closed (1008), freeing its slot (0: never)",
+    )
+    p.add_argument(
+        "--max-buffer-mb",
+        type=limits.float_in(0.25, 4096.0),
+        default=8.0,
+        help="audio a stream may have sent ahead of its throttle before TCP pushes back (8: 4.4 min at 16 kHz)",
     )
     p.add_argument(
         "--max-upload-mb",
