@@ -19,6 +19,7 @@ FORBIDDEN = {
         "xlsr_edge.cli",
         "xlsr_edge.precision",
         "xlsr_edge.measure",
+        "xlsr_edge.optimize",  # reads bundle.json "runtime" itself (runtime.tuned)
         "xlsr_edge.datasets",
         "xlsr_edge.scale",
         "torch",
@@ -45,6 +46,7 @@ FORBIDDEN = {
         "xlsr_edge.commands",
         "xlsr_edge.cli",
         "xlsr_edge.scale",  # eval --address hands evaluate() a Ray-backed recognizer; measure never reaches for Ray
+        "xlsr_edge.optimize",
         "ray",
     ),
     # Ray scale-out: runs the runtime on a cluster; never the export/training side
@@ -58,9 +60,17 @@ FORBIDDEN = {
         "transformers",
     ),
     "xlsr_edge.export": ("xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli"),
+    # optimize drives export, precision, measure and the runtime; nothing below it reaches back for it
+    "xlsr_edge.optimize": ("xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli", "xlsr_edge.scale", "ray"),
     "xlsr_edge.train": ("xlsr_edge.commands", "xlsr_edge.cli"),
     # the shared floor: both halves import these, so they import nothing of the package above them
     "xlsr_edge.bundle": (
+        "xlsr_edge.runtime",
+        "xlsr_edge.export",
+        "xlsr_edge.precision",
+        "xlsr_edge.commands",
+    ),
+    "xlsr_edge.bundle_fields": (
         "xlsr_edge.runtime",
         "xlsr_edge.export",
         "xlsr_edge.precision",

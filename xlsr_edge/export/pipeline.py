@@ -74,6 +74,38 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def bundle_manifest(
+    ckpt,
+    precision: str,
+    opset: int,
+    facts: dict,
+    parity: dict | None,
+    precision_report: dict | None = None,
+    max_batch: int | None = None,
+    source: dict | None = None,
+) -> BundleManifest:
+    """The manifest of a single-model bundle whose graph is ``model.onnx`` (``parity`` None: --no-verify;
+    ``source``: ``ckpt.digest()`` when the caller already has it, hashing a 300M checkpoint takes seconds)."""
+    info = ckpt.info
+    return BundleManifest(
+        model=info,
+        precision=precision,
+        opset=opset,
+        graph=MODEL_ONNX,
+        source=source or ckpt.digest(),
+        versions=library_versions(),
+        parity=parity if parity is not None else {"skipped": "--no-verify"},
+        extra={
+            "export": facts,
+            "max_batch": max_batch,
+            "padding": "padded batches with attention_mask"
+            if info.uses_attention_mask
+            else "feed unpadded: batches of equal lengths only (no attention mask in the feature extractor)",
+            **({"precision_report": precision_report} if precision_report else {}),
+        },
+    )
+
+
 def export_bundle(
     checkpoint: str | Path,
     out: str | Path,
@@ -120,22 +152,8 @@ def export_bundle(
                 parity["graph"] = f"fp32 export, before conversion to {options.precision}"
             stage(f"converting to {options.precision} (with its accuracy gate)")
             precision_report = convert_precision(tmp / MODEL_ONNX, tmp, info, options, precision_inputs)
-        manifest = BundleManifest(
-            model=info,
-            precision=options.precision,
-            opset=options.opset,
-            graph=MODEL_ONNX,
-            source=ckpt.digest(),
-            versions=library_versions(),
-            parity=parity if parity is not None else {"skipped": "--no-verify"},
-            extra={
-                "export": facts,
-                "max_batch": options.max_batch,
-                "padding": "padded batches with attention_mask"
-                if info.uses_attention_mask
-                else "feed unpadded: batches of equal lengths only (no attention mask in the feature extractor)",
-                **({"precision_report": precision_report} if precision_report else {}),
-            },
+        manifest = bundle_manifest(
+            ckpt, options.precision, options.opset, facts, parity, precision_report, options.max_batch
         )
         stage("writing bundle.json (hashing the files)")
         write_manifest(tmp, manifest)

@@ -109,6 +109,47 @@ def gate_set_warnings(
     return out
 
 
+def convert_graph(
+    fp32_path: Path, dst: Path, info: ModelInfo, options, calib: CalibrationSet | None
+) -> dict[str, Any]:
+    """Write ``options.precision``'s graph of ``fp32_path`` to ``dst`` (no gate); return the converter's method
+    record. int8-dynamic reads ``options.weight_type`` / ``reduce_range`` where given (xlsr-edge optimize)."""
+    from xlsr_edge.precision.dynamic import quantize_int8_dynamic
+    from xlsr_edge.precision.fp16 import convert_fp16
+    from xlsr_edge.precision.static import quantize_int8_static
+
+    precision = options.precision
+    _log(f"converting to {precision}")
+    if precision == "int8-dynamic":
+        return quantize_int8_dynamic(
+            fp32_path,
+            dst,
+            quantize_groups=options.quantize_ops,
+            exclude=options.exclude_ops,
+            weight_type=getattr(options, "weight_type", "int8"),
+            reduce_range=getattr(options, "reduce_range", False),
+        )
+    if precision == "int8":
+        if calib is None:
+            raise ExportError("int8 (static) needs a calibration set")
+        _log(
+            f"calibrating ({options.calibration_method}) on {len(calib.utterances)} utterances, "
+            f"{calib.seconds(info.sample_rate):.1f} s"
+        )
+        return quantize_int8_static(
+            fp32_path,
+            dst,
+            calib,
+            info.uses_attention_mask,
+            method=options.calibration_method,
+            quantize_groups=options.quantize_ops,
+            exclude=options.exclude_ops,
+        )
+    if precision == "fp16":
+        return convert_fp16(fp32_path, dst, exclude=options.exclude_ops)
+    raise ExportError(f"unknown precision {precision!r}")
+
+
 def convert_precision(
     fp32_path: Path,
     bundle_dir: Path,
@@ -127,11 +168,8 @@ def convert_precision(
     """
     import onnx
 
-    from xlsr_edge.precision.dynamic import quantize_int8_dynamic
-    from xlsr_edge.precision.fp16 import convert_fp16
     from xlsr_edge.precision.gate import precision_gate
-    from xlsr_edge.precision.graph import graph_bytes, op_summary, save_graph
-    from xlsr_edge.precision.static import quantize_int8_static
+    from xlsr_edge.precision.graph import graph_bytes, save_graph
 
     precision = options.precision
     t0 = time.perf_counter()
@@ -140,30 +178,7 @@ def convert_precision(
     try:
         candidate = work / "candidate.onnx"
         calib = inputs.calibration
-        _log(f"converting to {precision}")
-        if precision == "int8-dynamic":
-            method = quantize_int8_dynamic(
-                fp32_path, candidate, quantize_groups=options.quantize_ops, exclude=options.exclude_ops
-            )
-        elif precision == "int8":
-            assert calib is not None
-            _log(
-                f"calibrating ({options.calibration_method}) on {len(calib.utterances)} utterances, "
-                f"{calib.seconds(info.sample_rate):.1f} s"
-            )
-            method = quantize_int8_static(
-                fp32_path,
-                candidate,
-                calib,
-                info.uses_attention_mask,
-                method=options.calibration_method,
-                quantize_groups=options.quantize_ops,
-                exclude=options.exclude_ops,
-            )
-        elif precision == "fp16":
-            method = convert_fp16(fp32_path, candidate, exclude=options.exclude_ops)
-        else:
-            raise ExportError(f"unknown precision {precision!r}")
+        method = convert_graph(fp32_path, candidate, info, options, calib)
         gate = inputs.gate
         on = getattr(options, "gate_backend", "onnxruntime")
         _log(
@@ -192,28 +207,43 @@ def convert_precision(
             raise ExportError(
                 f"{precision} accuracy gate failed, no bundle written: " + "; ".join(gate_report["failures"])
             )
-        fp32_bytes = graph_bytes(fp32_path)
-        cand_bytes = graph_bytes(candidate)
-        ops = op_summary(candidate)
+        fp32_bytes = graph_bytes(fp32_path)  # before the fp32 graph is replaced below
+        report = precision_report(precision, method, candidate, fp32_bytes, calib, info)
         # move the candidate into the bundle under the standard names
         for f in (bundle_dir / graph_name, bundle_dir / MODEL_ONNX_DATA):
             f.unlink(missing_ok=True)
         external = save_graph(onnx.load(str(candidate)), bundle_dir / graph_name, MODEL_ONNX_DATA)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report["gate"] = {"source": inputs.source, **gate_report}
+    report["sizes"]["external_data"] = external
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def precision_report(
+    precision: str,
+    method: dict[str, Any],
+    graph: Path,
+    fp32_bytes: int,
+    calib: CalibrationSet | None,
+    info: ModelInfo,
+) -> dict[str, Any]:
+    """bundle.json's extra["precision_report"] of a converted ``graph``, less "gate" (and "seconds",
+    "sizes.external_data"), which the caller adds."""
+    from xlsr_edge.precision.graph import graph_bytes, op_summary
+
+    cand_bytes = graph_bytes(graph)
     return {
         "precision": precision,
         "method": method,
-        "ops": ops,
+        "ops": op_summary(graph),
         "calibration": calib.describe(info.sample_rate) if calib is not None else None,
-        "gate": {"source": inputs.source, **gate_report},
         "sizes": {
             "fp32_graph_bytes": fp32_bytes,
             "graph_bytes": cand_bytes,
             "ratio": round(cand_bytes / fp32_bytes, 4),
-            "external_data": external,
         },
-        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 

@@ -28,6 +28,8 @@ from xlsr_edge.precision.graph import (
 from xlsr_edge.precision.options import DEFAULT_QUANTIZE_GROUPS
 from xlsr_edge.precision.selection import select_nodes
 
+WEIGHT_TYPES = ("int8", "uint8")  # onnxruntime's u8s8 and u8u8 kernels
+
 
 def quantize_int8_dynamic(
     src: Path,
@@ -37,9 +39,17 @@ def quantize_int8_dynamic(
     exclude: Sequence[str] = (),
     per_channel: bool = True,
     fused_attention: bool = True,
+    weight_type: str = "int8",
+    reduce_range: bool = False,
 ) -> dict[str, Any]:
     """Dynamic INT8: int8 weights (per output channel), uint8 activations quantized at run time; then (with
-    ``fused_attention``) one MultiHeadAttention node per layer for the score/softmax/context part."""
+    ``fused_attention``) one MultiHeadAttention node per layer for the score/softmax/context part.
+
+    ``weight_type`` "uint8" gives onnxruntime's u8u8 kernels, ``reduce_range`` 7-bit weights: the two ways
+    around the int16 saturation of its u8s8 kernel on x86 CPUs without VNNI (AVX2, AVX512BW); with VNNI,
+    AMX or ARM dot products the default (int8, full range) is exact (xlsr_edge.optimize.candidates)."""
+    if weight_type not in WEIGHT_TYPES:
+        raise ExportError(f"weight_type must be one of {', '.join(WEIGHT_TYPES)}, got {weight_type!r}")
     import onnx
 
     q = ort_quantization()
@@ -57,8 +67,8 @@ def quantize_int8_dynamic(
                         {"MatMul" if g in ("Attention", "FeatureEncoder") else g for g in quantize_groups}
                     ),
                     per_channel=per_channel,
-                    reduce_range=False,  # AVX512-VNNI / ARM dot-product: full 8-bit range is exact
-                    weight_type=q.QuantType.QInt8,
+                    reduce_range=reduce_range,
+                    weight_type=q.QuantType.QInt8 if weight_type == "int8" else q.QuantType.QUInt8,
                     nodes_to_quantize=sel.quantize,
                     use_external_data_format=graph_bytes(pre) > EXTERNAL_DATA_THRESHOLD,
                     extra_options={"MatMulConstBOnly": "Attention" not in quantize_groups},
@@ -77,7 +87,9 @@ def quantize_int8_dynamic(
         shutil.rmtree(work, ignore_errors=True)
     return {
         "method": "onnxruntime quantize_dynamic",
-        "weights": "int8 symmetric, " + ("per output channel" if per_channel else "per tensor"),
+        "weights": ("int8 symmetric, " if weight_type == "int8" else "uint8, ")
+        + ("per output channel" if per_channel else "per tensor")
+        + (", 7-bit range (reduce_range)" if reduce_range else ""),
         "activations": "uint8, range computed per call (DynamicQuantizeLinear)",
         "quantized_groups": dict(sel.groups),
         "kept_float_nodes": sel.kept_summary(),
