@@ -61,7 +61,13 @@ FORBIDDEN = {
     ),
     "xlsr_edge.export": ("xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli"),
     # optimize drives export, precision, measure and the runtime; nothing below it reaches back for it
-    "xlsr_edge.optimize": ("xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli", "xlsr_edge.scale", "ray"),
+    "xlsr_edge.optimize": (
+        "xlsr_edge.train",
+        "xlsr_edge.commands",
+        "xlsr_edge.cli",
+        "xlsr_edge.scale",
+        "ray",
+    ),
     "xlsr_edge.train": ("xlsr_edge.commands", "xlsr_edge.cli"),
     # the shared floor: both halves import these, so they import nothing of the package above them
     "xlsr_edge.bundle": (
