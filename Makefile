@@ -8,11 +8,18 @@ CONSTRAINTS ?= constraints.txt
 DEMO ?= demo-out
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv pip kenlm demo demo-model test lint bench clean
+# torch's CPU build comes from PyTorch's own wheel index: on Linux x86-64, PyPI's torch is the CUDA build
+# (~3 GB with its nvidia-* wheels). A machine that cannot reach the index falls back to the default index at once.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: setup apt venv pip torch kenlm demo demo-model test lint bench clean
 
 setup: apt pip kenlm
+	@echo "setup: done ($(VENV), KenLM tools in .tools/kenlm/bin)"
 
 apt:
+	@echo "setup: apt packages (python3-venv, espeak-ng, sox, libsndfile1, KenLM build tools, ...; a minute or two)"
 	$(SUDO) apt-get update -qq
 	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv espeak-ng sox libsndfile1 cmake \
 		build-essential libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
@@ -23,12 +30,23 @@ venv: $(PY)
 $(PY):
 	python3 -m venv $(VENV)
 
-pip: $(PY)
-	# torch first: the CPU wheel; otherwise a dependency would pull a multi-GB CUDA build
-	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev]"
+# torch first, on its own (--no-deps: its dependencies come with the project, from the default index and
+# constraints.txt), so nothing later pulls a CUDA build; after the project, scripts/check_torch.py says which
+# build landed (a loud warning for a CUDA one).
+torch: $(PY)
+	@echo "setup: torch==$(TORCH_VERSION), the CPU build, from $(TORCH_INDEX)"
+	$(PIP) install -c $(CONSTRAINTS) --no-deps --index-url $(TORCH_INDEX) --timeout 15 --retries 0 \
+		torch==$(TORCH_VERSION) || { \
+		echo "setup: $(TORCH_INDEX) is unreachable or lacks torch $(TORCH_VERSION): using the default index"; \
+		$(PIP) install -c $(CONSTRAINTS) torch==$(TORCH_VERSION); }
+
+pip: torch
+	@echo "setup: xlsr-edge with every extra (pip install -e '.[dev]' -c $(CONSTRAINTS); several minutes)"
+	$(PIP) install -c $(CONSTRAINTS) -e ".[dev]"
+	$(PY) scripts/check_torch.py
 
 kenlm: $(PY)
+	@echo "setup: KenLM's lmplz and build_binary (compiled from source: a few minutes the first time)"
 	PYTHON=$(PY) bash scripts/build_kenlm.sh
 
 demo: setup
@@ -43,8 +61,8 @@ test: $(PY)
 	$(PY) -m pytest -q
 
 lint: $(PY)
-	$(PY) -m ruff check xlsr_edge tests benchmarks scripts
-	$(PY) -m ruff format --check xlsr_edge tests benchmarks scripts
+	$(PY) -m ruff check xlsr_edge tests benchmarks scripts examples
+	$(PY) -m ruff format --check xlsr_edge tests benchmarks scripts examples
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
