@@ -122,8 +122,8 @@ def test_hostile_inputs_between_good_files_get_error_lines_in_bounded_time_and_m
     assert "named pipe (FIFO)" in by["fifo"]["error"]
     assert "character device" in by["zero"]["error"]
     assert "below 8000 Hz" in by["low"]["error"]
-    # libsndfile bounds a data chunk that claims more than the file holds by the file: what is there is used
-    assert abs(by["claims_more"]["duration"] - sf.info(clips[1]).duration) < 0.01
+    # a data chunk that claims more than the file holds (libsndfile would quietly read what is there): truncated
+    assert "the file is truncated or its header is wrong" in by["claims_more"]["error"]
     assert rss < huge.stat().st_size / 10, f"peak RSS {rss / 2**20:.0f} MiB"
 
 

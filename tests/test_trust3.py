@@ -9,6 +9,7 @@ import errno
 import hashlib
 import math
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -393,3 +394,96 @@ def test_an_os_error_no_writer_named_is_still_one_line(capsys):
 
     assert run(argparse.Namespace(fn=handler)) == 1
     assert capsys.readouterr().err == "error: /mnt/x/out.json: Read-only file system\n"
+
+
+# -- 11, 12: a truncated WAV, NaN/inf and absurd samples are the input's error row, never a silent result ------
+
+
+def _wav_set(folder: Path) -> tuple[dict[str, Path], float]:
+    """A good WAV and its hostile variants, and the good one's length in seconds."""
+    import numpy as np
+    import soundfile as sf
+
+    from xlsr_edge.data import default_clips
+
+    x, rate = sf.read(default_clips()[0], dtype="float32")
+    out = {"good": folder / "good.wav"}
+    sf.write(out["good"], x, rate, subtype="PCM_16")
+    data = out["good"].read_bytes()
+    out["half"] = folder / "half.wav"  # cut to half its size: the header still claims the whole clip
+    out["half"].write_bytes(data[: len(data) // 2])
+    at = data.find(b"data")
+    claimed = struct.unpack("<I", data[at + 4 : at + 8])[0]
+    out["tenfold"] = folder / "tenfold.wav"  # a header claiming 10x the bytes present
+    out["tenfold"].write_bytes(data[: at + 4] + struct.pack("<I", claimed * 10) + data[at + 8 :])
+    for name, y in (("huge", x * 1e30), ("nan", np.where(np.arange(len(x)) == 500, np.nan, x))):
+        out[name] = folder / f"{name}.wav"
+        sf.write(out[name], y.astype("float32"), rate, subtype="FLOAT")
+    out["inf"] = folder / "inf.wav"
+    sf.write(
+        out["inf"], np.where(np.arange(len(x)) % 7 == 0, np.inf, x).astype("float32"), rate, subtype="FLOAT"
+    )
+    return out, len(x) / rate
+
+
+def test_truncated_and_garbage_wavs_are_error_rows_between_good_files(tiny_bundle, tmp_path, capfd):
+    import json
+    import warnings
+
+    files, seconds = _wav_set(tmp_path)
+    names = ["good", "half", "tenfold", "huge", "nan", "inf", "good"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["transcribe", str(tiny_bundle), *(str(files[n]) for n in names), "--json"])
+    captured = capfd.readouterr()
+    assert rc == 1  # some inputs of the batch failed
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["audio"] for r in rows] == [str(files[n]) for n in names]
+    assert "error" not in rows[0] and "error" not in rows[-1] and rows[0]["text"] == rows[-1]["text"]
+    errors = {n: r["error"] for n, r in zip(names, rows) if "error" in r}
+    assert set(errors) == {"half", "tenfold", "huge", "nan", "inf"}
+    half, whole, tenfold = f"{seconds / 2:.1f} s", f"{seconds:.1f} s", f"{seconds * 10:.1f} s"
+    assert f"the header says {whole} but the file holds {half}; the file is truncated" in errors["half"]
+    assert f"the header says {tenfold} but the file holds {whole}" in errors["tenfold"], errors
+    assert "e+29, far outside audio's range" in errors["huge"] and "wrongly scaled" in errors["huge"]
+    assert "1 NaN/inf samples" in errors["nan"] and "NaN/inf samples" in errors["inf"]
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert "Warning" not in captured.err and "Traceback" not in captured.err
+
+
+def test_arrays_with_absurd_values_are_refused_without_warnings():
+    import warnings
+
+    import numpy as np
+
+    from xlsr_edge.errors import AudioError
+    from xlsr_edge.runtime.audio import prepare_audio
+    from xlsr_edge.runtime.stream import to_float32
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        for x in (
+            np.full(1600, 1e300),
+            np.array([[np.inf, -np.inf]] * 800),
+            np.full(1600, 3e6, dtype="float32"),
+        ):
+            with pytest.raises(AudioError, match="NaN/inf|far outside"):
+                prepare_audio(x, 16000, 16000, name="a")
+        with pytest.raises(AudioError, match="stream: .*the stream is corrupt"):
+            to_float32(np.full(160, 1e300))
+        quiet = prepare_audio(np.full(1600, 32767.0), 16000, 16000)  # int16 values saved as float: accepted
+        assert quiet.dtype == np.float32
+
+
+def test_a_wav_of_unknown_length_is_not_called_truncated(tmp_path):
+    from xlsr_edge.runtime.audio import wav_data_claim
+
+    files, _ = _wav_set(tmp_path)
+    data = files["good"].read_bytes()
+    at = data.find(b"data")
+    streamed = tmp_path / "streamed.wav"  # as a writer to a pipe leaves it: the length field says "unknown"
+    streamed.write_bytes(data[: at + 4] + struct.pack("<I", 0xFFFFFFFF) + data[at + 8 :])
+    assert wav_data_claim(streamed) is None
+    claimed, present, align = wav_data_claim(files["half"])
+    assert claimed > present and align == 2
+    assert wav_data_claim(Path(__file__)) is None  # not a WAV

@@ -1,8 +1,9 @@
 """Audio front end: read, down-mix, resample, normalize exactly as transformers' feature extractor does.
 
 A file's header is checked before anything is read (kind of file, sample rate, duration against
-``max_seconds``) and never trusted for an allocation: files are read in blocks and the header's length is
-checked against what the stream holds. Short files (up to WHOLE_READ_MAX_SAMPLES decoded samples) are then
+``max_seconds``, and for WAV the data size against the file's size: libsndfile quietly reads a truncated WAV
+as a shorter one) and never trusted for an allocation: files are read in blocks and the header's length is
+checked against what the stream holds. Samples must be finite and within MAX_ABS_SAMPLE (check_samples). Short files (up to WHOLE_READ_MAX_SAMPLES decoded samples) are then
 resampled in one go; longer ones are streamed twice (length and normalization statistics, then window by
 window, see StreamedAudio), so memory does not grow with the file. soxr's stream resampler gives the same
 samples as its one-shot resample, so both paths see the same audio.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,12 @@ from xlsr_edge.constants import DEFAULT_MAX_SECONDS, MAX_SAMPLE_RATE, MIN_SAMPLE
 from xlsr_edge.errors import AudioError
 
 READ_BLOCK_FRAMES = 1 << 16
+# Largest |sample| accepted. Float audio may pass full scale (1.0): headroom, or int16 values saved as float
+# (up to 32768); 1e30 is garbage, and its square overflows float32 in the normalization (an empty transcript).
+MAX_ABS_SAMPLE = 1e6
+# WAV data sizes that mean "unknown" (written to a pipe before the length was known): nothing to compare.
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000)
+_WAV_MAX_CHUNKS = 64  # chunks looked at before `data` (fmt, LIST, fact, bext, ... are a handful)
 # decoded samples (frames x channels) read at once: 64 MiB of float32, ~17 min of 16 kHz mono; longer files stream
 WHOLE_READ_MAX_SAMPLES = 1 << 24
 
@@ -73,6 +81,65 @@ def check_regular_file(path: str | Path) -> Path:
     return p
 
 
+def check_samples(name: str, x: np.ndarray, at: float | None = None, what: str = "the file") -> None:
+    """Refuse NaN/inf samples and absurd magnitudes (AudioError) before any arithmetic warns about them.
+    `at`: where in the input the samples start (seconds), for the message."""
+    if not x.size:
+        return
+    peak = float(np.max(np.abs(x)))  # NaN propagates (no warning), inf stays inf
+    where = f" at {at:.1f} s" if at is not None else ""
+    if not np.isfinite(peak):
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise AudioError(f"{name}: {bad} NaN/inf samples{where}; {what} is corrupt")
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            f"{name}: sample values up to {peak:.3g}{where}, far outside audio's range (about ±1); {what} is "
+            "corrupt or wrongly scaled"
+        )
+
+
+def wav_data_claim(path: Path) -> tuple[int, int, int] | None:
+    """For a RIFF/WAVE file: (bytes its data chunk claims, bytes the file holds after that chunk's header,
+    bytes per frame); None for other files and for WAVs whose size field means "unknown"."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size, pos, align = os.fstat(f.fileno()).st_size, 12, 0
+        for _ in range(_WAV_MAX_CHUNKS):
+            f.seek(pos)
+            header = f.read(8)
+            if len(header) < 8:
+                return None
+            chunk, n = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk == b"fmt ":
+                fmt = f.read(min(n, 16))
+                align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+            elif chunk == b"data":
+                return None if n in _WAV_UNKNOWN_SIZES else (n, size - pos - 8, align)
+            pos += 8 + n + (n & 1)  # chunks are padded to even sizes
+    return None
+
+
+def _check_wav_size(path: Path, name: str, rate: int, frames: int) -> None:
+    """A WAV whose header claims more data than the file holds is truncated: libsndfile would read it as a
+    shorter file without a word (the FLAC decoder fails instead)."""
+    try:
+        claim = wav_data_claim(path)
+    except OSError as exc:
+        raise AudioError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if claim is None:
+        return
+    claimed, present, align = claim
+    slack = max(rate // 10, frames // 1000) * max(align, 1)  # as _blocks allows: a few frames either way
+    if claimed > present + slack:
+        per_second = rate * align if align else present / max(frames / rate, 1e-9)
+        raise AudioError(
+            f"{name}: the header says {claimed / per_second:.1f} s but the file holds "
+            f"{present / per_second:.1f} s; the file is truncated or its header is wrong"
+        )
+
+
 def _reason(exc: BaseException) -> str:
     # LibsndfileError.error_string is libsndfile's message without soundfile's "Error opening b'...'" prefix
     return (getattr(exc, "error_string", None) or str(exc)).strip() or type(exc).__name__
@@ -106,6 +173,7 @@ class AudioFile:
             raise AudioError(f"{name}: the header says {info.channels} channels; the file is corrupt")
         if info.frames <= 0:
             raise AudioError(f"{name}: no samples")
+        _check_wav_size(p, name, info.samplerate, info.frames)
         audio = cls(p, name, info.samplerate, info.channels, info.frames, sample_rate)
         check_duration(name, audio.duration, max_seconds)
         return audio
@@ -136,11 +204,8 @@ class AudioFile:
             )
         at = 0
         for block in self._blocks():
+            check_samples(self.name, block, at / self.source_rate)  # before the down-mix adds them up
             x = block.mean(axis=1) if block.shape[1] > 1 else np.ascontiguousarray(block[:, 0])
-            if not np.isfinite(x).all():
-                raise AudioError(
-                    f"{self.name}: NaN/inf samples at {at / self.source_rate:.1f} s; the file is corrupt"
-                )
             at += len(x)
             if resampler is not None:
                 x = resampler.resample_chunk(x, last=False)
@@ -256,21 +321,19 @@ def load_audio(
 def prepare_audio(data: np.ndarray, source_rate: int, sample_rate: int, name: str = "array") -> np.ndarray:
     """Down-mix [samples, channels] (or 1-D) to mono, check it, resample with soxr to `sample_rate`."""
     x = np.asarray(data)
+    if x.ndim not in (1, 2):
+        raise AudioError(f"{name}: expected 1-D samples or [samples, channels], got shape {x.shape}")
+    if np.issubdtype(x.dtype, np.integer):  # PCM integers -> [-1, 1)
+        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+    elif np.issubdtype(x.dtype, np.floating):
+        check_samples(name, x)  # before the cast to float32 and the down-mix, which would overflow
+    else:
+        raise AudioError(f"{name}: unsupported sample type {x.dtype}")
+    x = x.astype(np.float32, copy=False)
     if x.ndim == 2:
         x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    elif x.ndim != 1:
-        raise AudioError(f"{name}: expected 1-D samples or [samples, channels], got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        if np.issubdtype(x.dtype, np.integer):  # PCM integers -> [-1, 1)
-            x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
-        else:
-            raise AudioError(f"{name}: unsupported sample type {x.dtype}")
-    x = x.astype(np.float32, copy=False)
     if x.size == 0:
         raise AudioError(f"{name}: no samples")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise AudioError(f"{name}: {bad} NaN/inf samples; the file is corrupt")
     check_rate(name, source_rate)
     if source_rate != sample_rate:
         import soxr

@@ -32,7 +32,7 @@ import numpy as np
 from xlsr_edge import limits
 from xlsr_edge.decoders import Decoded, Word
 from xlsr_edge.errors import AudioError, XlsrEdgeError
-from xlsr_edge.runtime.audio import normalize
+from xlsr_edge.runtime.audio import check_samples, normalize
 from xlsr_edge.runtime.batching import infer_batch
 from xlsr_edge.runtime.vad import VAD_FRAME, VAD_RATE, Endpointer, SileroVad, VadOptions
 
@@ -193,10 +193,8 @@ def to_float32(samples: Any) -> np.ndarray:
         return x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
     if not np.issubdtype(x.dtype, np.floating):
         raise AudioError(f"unsupported sample type {x.dtype} (float32 or int16)")
-    x = x.astype(np.float32, copy=False)
-    if x.size and not np.isfinite(x).all():
-        raise AudioError("NaN/inf samples in the stream")
-    return x
+    check_samples("stream", x, what="the stream")  # NaN/inf or absurd values: refused before any arithmetic
+    return x.astype(np.float32, copy=False)
 
 
 class Stream:
