@@ -194,6 +194,9 @@ class Listener:
         )
         self.server = uvicorn.Server(self.config)
         self.socket: socket.socket | None = None
+        # a malformed multipart body is answered with 400; the parser's own warning would let any client
+        # write to the server's stderr at will
+        logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.socket = bind(host, port)
