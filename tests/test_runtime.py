@@ -336,3 +336,132 @@ def test_run_batches_fits_the_engine_profile(tiny_bundle, speech_dir):
     arrays = clips + [c[:-160] for c in clips]
     done = [i for batch, _ in run_batches(rec, arrays, batch_size=8, uses_mask=True) for i in batch]
     assert sorted(done) == list(range(6)) and all(shape[0] <= 2 for shape, _ in rec.calls)
+
+
+# -- typed backend options (runtime.backend_options) ---------------------------------------------------------------
+
+
+def test_backend_options_validate_once():
+    from xlsr_edge.errors import XlsrEdgeError
+    from xlsr_edge.runtime import BackendOptions, OpenVinoOptions, OrtOptions, TrtOptions
+
+    assert OrtOptions("cuda, cpu").providers == ("cuda", "cpu") and OrtOptions(None).providers == ("cpu",)
+    assert OrtOptions("tensorrt,cuda").uses_tensorrt and not OrtOptions().uses_tensorrt
+    with pytest.raises(ValueError, match="threads"):
+        OrtOptions(threads=0)
+    with pytest.raises(XlsrEdgeError, match="--precision-hint must be one of"):
+        OpenVinoOptions(precision_hint="int4")
+    assert OpenVinoOptions(precision_hint="F32").precision_hint == "f32"
+    assert OpenVinoOptions(cache_dir=None).cache_dir is None and OpenVinoOptions().cache_dir is not None
+    with pytest.raises(XlsrEdgeError, match="--trt-cache-dir.*--providers tensorrt"):
+        BackendOptions(tensorrt=TrtOptions("cache"))  # onnxruntime on the CPU builds no engines
+    with pytest.raises(XlsrEdgeError, match="--trt-cache-dir"):
+        BackendOptions("tensorrt", tensorrt=TrtOptions("cache"))  # runs the bundle's engine.plan
+    ok = BackendOptions(onnxruntime=OrtOptions("tensorrt,cuda"), tensorrt=TrtOptions("cache"))
+    assert ok.tensorrt.cache_dir == Path("cache") and ok.selected is ok.onnxruntime
+
+
+def test_backend_options_from_keywords_maps_from_bundles_shorthands():
+    from xlsr_edge.errors import XlsrEdgeError
+    from xlsr_edge.runtime import BackendOptions
+
+    o = BackendOptions.from_keywords(None, providers="cpu", threads=2)
+    assert (o.backend, o.onnxruntime.threads, o.onnxruntime.providers) == ("onnxruntime", 2, ("cpu",))
+    ov = BackendOptions.from_keywords("openvino", threads=3, precision_hint="f32", cache_dir=None)
+    assert (ov.openvino.threads, ov.openvino.precision_hint, ov.openvino.cache_dir) == (3, "f32", None)
+    trt = BackendOptions.from_keywords("onnxruntime", providers=["tensorrt"], trt_cache_dir="engines")
+    assert trt.tensorrt.cache_dir == Path("engines")
+    for backend, kw in (("openvino", {"providers": "cuda"}), ("tensorrt", {"threads": 2})):
+        with pytest.raises(XlsrEdgeError, match="apply to the onnxruntime backend"):
+            BackendOptions.from_keywords(backend, **kw)
+    dropped = BackendOptions.from_keywords(
+        "tensorrt", providers="cuda", threads=2, ignore_unused=("providers", "threads")
+    )
+    assert dropped.backend == "tensorrt" and dropped.selected.cache_dir is None
+    with pytest.raises(TypeError, match="precision_hint: not a setting of the onnxruntime backend"):
+        BackendOptions.from_keywords("onnxruntime", precision_hint="f32")
+    assert dict(BackendOptions.from_keywords("mine", flavour=1).extra) == {
+        "flavour": 1
+    }  # a registered backend's
+
+
+def _args(*argv: str):
+    from xlsr_edge.cli import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+def test_backend_options_from_the_command_line(tmp_path):
+    from xlsr_edge.commands.common import backend_options
+
+    o = backend_options(
+        _args("transcribe", "b", "a.wav", "--providers", "tensorrt,cuda", "--trt-cache-dir", "eng")
+    )
+    assert o.backend == "onnxruntime" and o.onnxruntime.providers == ("tensorrt", "cuda")
+    assert o.tensorrt.cache_dir == Path("eng")
+    ov = backend_options(
+        _args(
+            "stream",
+            "b",
+            "-",
+            "--backend",
+            "ov",
+            "--threads",
+            "2",
+            "--precision-hint",
+            "f32",
+            "--cache-dir",
+            "none",
+        )
+    )
+    assert (ov.backend, ov.openvino.threads, ov.openvino.precision_hint, ov.openvino.cache_dir) == (
+        "openvino",
+        2,
+        "f32",
+        None,
+    )
+    # --providers only concerns onnxruntime (its default is cpu whatever the backend): ignored, as before
+    assert backend_options(
+        _args("transcribe", "b", "a.wav", "--backend", "trt", "--providers", "cuda")
+    ).backend == ("tensorrt")
+    for command in (
+        ["transcribe", "b", "a.wav"],
+        ["stream", "b", "-"],
+        ["serve", "b"],
+        ["eval", "b", "m.jsonl"],
+    ):
+        assert _args(*command, "--trt-cache-dir", str(tmp_path)).trt_cache_dir == tmp_path
+
+
+def test_trt_cache_dir_reaches_the_tensorrt_provider_or_is_refused(tiny_bundle, tmp_path, capsys):
+    from xlsr_edge.commands.common import backend_options
+    from xlsr_edge.runtime.runners import resolve_providers
+
+    o = backend_options(
+        _args("transcribe", "b", "a.wav", "--providers", "tensorrt", "--trt-cache-dir", str(tmp_path))
+    )
+    runner = o.graph_runner(tiny_bundle / "model.onnx")
+    assert runner.trt_cache_dir == tmp_path and runner.providers == ("tensorrt",)
+    import onnxruntime
+
+    if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
+        (name, settings), *_ = resolve_providers(runner.providers, runner.trt_cache_dir)
+        assert settings["trt_engine_cache_path"] == str(tmp_path)
+    # without the TensorRT provider there is nothing to cache: one error line, exit 2, before loading anything
+    assert main(["transcribe", str(tiny_bundle), "x.wav", "--trt-cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --trt-cache-dir") and err.count("\n") == 1
+
+
+def test_from_bundle_takes_backend_options_or_shorthands(tiny_bundle, speech_dir):
+    from xlsr_edge.runtime import BackendOptions, OrtOptions, load_recognizer
+
+    files = sorted(speech_dir.glob("*.wav"))[:2]
+    with Recognizer.from_bundle(tiny_bundle, threads=1) as a:
+        ref = [t.text for t in a.transcribe(files)]
+    typed = BackendOptions(onnxruntime=OrtOptions(threads=1))
+    with Recognizer.from_bundle(tiny_bundle, backend_options=typed) as b, load_recognizer(tiny_bundle) as c:
+        assert b.runner.threads == 1 and [t.text for t in b.transcribe(files)] == ref
+        assert [t.text for t in c.transcribe(files)] == ref
+    with pytest.raises(TypeError, match="not both"):
+        Recognizer.from_bundle(tiny_bundle, backend_options=typed, threads=2)

@@ -33,9 +33,14 @@ def backend_list(text: str) -> list[str]:
 
 
 def add_backend_argument(
-    p: argparse.ArgumentParser, *, openvino_flags: bool = False, multiple: bool = False
+    p: argparse.ArgumentParser,
+    *,
+    openvino_flags: bool = False,
+    multiple: bool = False,
+    trt_cache: bool = False,
 ) -> None:
-    """--backend (and with openvino_flags: --precision-hint, --cache-dir; read them with runner_options)."""
+    """--backend (with openvino_flags: --precision-hint, --cache-dir; with trt_cache: --trt-cache-dir); read them
+    with backend_options (one backend) or runner_options."""
     if multiple:
         p.add_argument(
             "--backend",
@@ -64,22 +69,48 @@ def add_backend_argument(
             default=None,
             help="openvino: compiled-model cache (default ~/.cache/xlsr-edge/openvino; 'none' turns it off)",
         )
+    if trt_cache:
+        p.add_argument(
+            "--trt-cache-dir",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="onnxruntime's TensorRT provider (--providers tensorrt): keep the engines it builds in DIR, so "
+            "only the first start on a GPU builds them (default: built at every start)",
+        )
 
 
 def runner_options(args: argparse.Namespace) -> dict:
-    """Backend-specific keywords for Recognizer.from_bundle; refuses OpenVINO flags with another backend."""
+    """Backend-specific keywords for Recognizer.from_bundle (BackendOptions.from_keywords); refuses OpenVINO flags
+    with another backend."""
     hint, cache = getattr(args, "precision_hint", None), getattr(args, "cache_dir", None)
     backends = args.backend if isinstance(args.backend, list) else [args.backend]
+    out: dict = {}
+    if getattr(args, "trt_cache_dir", None) is not None:  # checked against the backend by BackendOptions
+        out["trt_cache_dir"] = args.trt_cache_dir
     if "openvino" not in backends:
         if hint is not None or cache is not None:
             raise XlsrEdgeError("--precision-hint and --cache-dir apply to --backend openvino")
-        return {}
-    out: dict = {}
+        return out
     if hint is not None:
         out["precision_hint"] = hint
     if cache is not None:
         out["cache_dir"] = None if cache.strip().lower() in ("", "none", "off") else Path(cache)
     return out
+
+
+def backend_options(args: argparse.Namespace):
+    """The typed runner settings (xlsr_edge.runtime.BackendOptions) of --backend, --providers, --threads and the
+    engine flags, checked once, before anything is loaded. --providers (default cpu) only concerns onnxruntime."""
+    from xlsr_edge.runtime.backend_options import BackendOptions
+
+    return BackendOptions.from_keywords(
+        args.backend,
+        providers=getattr(args, "providers", None),
+        threads=getattr(args, "threads", None),
+        ignore_unused=("providers",),
+        **runner_options(args),
+    )
 
 
 def check_at_least_one(flag: str, value: int | Iterable[int] | None) -> None:

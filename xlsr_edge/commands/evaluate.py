@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=limits.int_in(1, limits.MAX_BATCH), default=DEFAULT_BATCH_SIZE)
     p.add_argument("--threads", type=limits.threads(), default=None, help="onnxruntime intra-op threads")
-    add_backend_argument(p, openvino_flags=True)
+    add_backend_argument(p, openvino_flags=True, trt_cache=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )

@@ -13,8 +13,8 @@ from xlsr_edge import limits
 from xlsr_edge.commands.common import (
     add_backend_argument,
     add_decoder_arguments,
+    backend_options,
     decoder_options,
-    runner_options,
 )
 from xlsr_edge.constants import EXIT_OK
 from xlsr_edge.errors import XlsrEdgeError
@@ -88,12 +88,9 @@ def load_recognizer(args: argparse.Namespace, bundle: Path | None = None, langua
         raise XlsrEdgeError(f"--threads must be >= 1, got {args.threads}")
     return Recognizer.from_bundle(
         bundle or args.bundle,
-        backend=args.backend,
-        providers=args.providers if args.backend == "onnxruntime" else None,
-        threads=args.threads,
+        backend_options=backend_options(args),
         decoder=decoder_options(args),
         language=language,
-        **runner_options(args),
     )
 
 
@@ -169,7 +166,7 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    add_backend_argument(p, openvino_flags=True)
+    add_backend_argument(p, openvino_flags=True, trt_cache=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )

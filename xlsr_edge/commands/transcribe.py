@@ -18,9 +18,9 @@ from xlsr_edge import limits
 from xlsr_edge.commands.common import (
     add_backend_argument,
     add_decoder_arguments,
+    backend_options,
     check_at_least_one,
     decoder_options,
-    runner_options,
 )
 from xlsr_edge.constants import (
     DEFAULT_BATCH_SIZE,
@@ -110,6 +110,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         context_seconds=args.context_seconds,
         max_seconds=args.max_seconds or None,
     )
+    backend = backend_options(args)
     decoder = decoder_options(args)
     entries = expand_inputs(args.audio)
     if not entries:
@@ -118,14 +119,11 @@ def _transcribe(args: argparse.Namespace) -> int:
     with (
         Recognizer.from_bundle(
             args.bundle,
-            backend=args.backend,
-            providers=args.providers if args.backend == "onnxruntime" else None,
-            threads=args.threads,
+            backend_options=backend,
             decoder=decoder,
             language=args.language,
             lid_threshold=args.lid_threshold,
             below_threshold=args.below_threshold,
-            **runner_options(args),
         ) as rec,
         contextlib.closing(
             rec.transcribe_iter(
@@ -160,7 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         help="audio files, folders, or manifests (NeMo JSONL, Common Voice TSV, CSV, one path per line)",
     )
-    add_backend_argument(p, openvino_flags=True)
+    add_backend_argument(p, openvino_flags=True, trt_cache=True)
     p.add_argument(
         "--providers", default="cpu", help="onnxruntime providers, comma-separated: cpu,cuda,tensorrt"
     )

@@ -19,8 +19,9 @@ from xlsr_edge.datasets import Utterance, manifest_digest, select_stratified
 from xlsr_edge.decoders import GreedyDecoder, Vocabulary
 from xlsr_edge.precision.calibration_set import load_utterance
 from xlsr_edge.runtime.audio import normalize
+from xlsr_edge.runtime.backend_options import DEFAULT_BACKEND, BackendOptions, OpenVinoOptions, OrtOptions
 from xlsr_edge.runtime.batching import run_batches
-from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner
+from xlsr_edge.runtime.runners import Runner
 from xlsr_edge.scoring import error_rates
 
 GATE_BATCH_SIZE = 8
@@ -64,15 +65,14 @@ def select_gate_set(
     return GateSet(utterances=picked, arrays=arrays, held_out=held_out)
 
 
-def graph_runner(path: Path, backend: str = "onnxruntime", threads: int | None = None) -> Runner:
+def graph_runner(path: Path, backend: str = DEFAULT_BACKEND, threads: int | None = None) -> Runner:
     """A runner for a bare graph file on onnxruntime or OpenVINO (CPU precision hint, no compiled-model cache)."""
-    if backend == "openvino":
-        from xlsr_edge.runtime.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(path, threads=threads, cache_dir=None)
-    if backend != "onnxruntime":
-        raise ValueError(f"the gate runs on onnxruntime or openvino, not {backend!r}")
-    return OnnxRuntimeRunner(path, threads=threads)
+    options = BackendOptions(
+        backend,
+        onnxruntime=OrtOptions(threads=threads),
+        openvino=OpenVinoOptions(threads=threads, cache_dir=None),
+    )
+    return options.graph_runner(path)
 
 
 def run_graph(
@@ -80,7 +80,7 @@ def run_graph(
     info: ModelInfo,
     arrays: Sequence[np.ndarray],
     threads: int | None = None,
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_BACKEND,
     wrap: Callable[[Runner], Runner] | None = None,
 ):
     """Logits (valid frames only) per utterance, batched like the runtime (unpadded for no-mask models).
@@ -110,7 +110,7 @@ def precision_gate(
     *,
     max_cer_delta: float,
     min_agreement: float,
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_BACKEND,
     wrap: Callable[[Runner], Runner] | None = None,
 ) -> dict[str, Any]:
     """Compare the two graphs; returns the report with ``passed`` and ``failures`` (raises nothing).

@@ -53,11 +53,17 @@ def choose_precision_hint(flags: Iterable[str]) -> str:
     return "f16" if ARM_FP16_FLAGS & have else "f32"
 
 
-def resolve_precision_hint(hint: str | None, flags: Iterable[str] | None = None) -> str:
-    """``auto``/None -> choose_precision_hint(flags, default: this CPU); bf16/f32/f16 as given."""
+def check_precision_hint(hint: str | None) -> str:
+    """The hint in canonical form (None -> ``auto``), or XlsrEdgeError naming the choices."""
     hint = (hint or "auto").strip().lower()
     if hint not in PRECISION_HINTS:
         raise XlsrEdgeError(f"--precision-hint must be one of {', '.join(PRECISION_HINTS)}, got {hint!r}")
+    return hint
+
+
+def resolve_precision_hint(hint: str | None, flags: Iterable[str] | None = None) -> str:
+    """``auto``/None -> choose_precision_hint(flags, default: this CPU); bf16/f32/f16 as given."""
+    hint = check_precision_hint(hint)
     if hint == "auto":
         return choose_precision_hint(cpu_flags() if flags is None else flags)
     return hint

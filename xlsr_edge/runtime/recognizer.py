@@ -3,6 +3,10 @@
 Inputs run in groups, in order: a group closes when its windows fill GROUP_BATCHES batches, and a long file
 (streamed from disk, see runtime.audio.StreamedAudio) runs alone. Each group's transcripts are yielded as soon
 as it is decoded (`transcribe_iter`), so a caller can write them before the next input is even read.
+
+`load_recognizer` (and its shorthand `Recognizer.from_bundle`) builds the Recognizer a bundle needs: this class
+for CTC bundles, the subclass whose `bundle_kind` names bundle.json's `extra.kind` otherwise (the multi-language
+one lives in runtime.multilang, which imports this module and never the reverse).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,8 +30,9 @@ from xlsr_edge.constants import (
 from xlsr_edge.decoders import Decoded, Decoder, GreedyOptions, Vocabulary, make_decoder
 from xlsr_edge.errors import AudioError, BundleError, XlsrEdgeError
 from xlsr_edge.runtime.audio import AudioFile, StreamedAudio, check_duration, normalize, prepare_audio
+from xlsr_edge.runtime.backend_options import BackendOptions
 from xlsr_edge.runtime.batching import Window, batch_limit, bucket, plan_windows, run_batches
-from xlsr_edge.runtime.runners import Runner, make_runner
+from xlsr_edge.runtime.runners import Runner
 
 AudioInput = str | Path | np.ndarray
 
@@ -85,14 +90,19 @@ class TranscribeOptions:
 
 
 @dataclass
-class _Item:
+class AudioItem:
+    """One input on its way through the stages: its audio, then the graph's output frames, then (multi-language
+    bundles) the language chosen for it."""
+
     name: str
     samples: np.ndarray | None = None  # normalized, whole (arrays and files that fit in memory)
     stream: StreamedAudio | None = None  # long files: read again window by window
     num_samples: int = 0
     frames: int = 0
     error: str | None = None
-    logits: np.ndarray | None = None  # hidden states for multi-language backbones
+    # the graph's stitched output [frames, width]: logits of a CTC bundle, hidden states of a multi-language
+    # backbone (its language heads turn them into logits when decoding)
+    output: np.ndarray | None = None
     language: str | None = None
     language_confidence: float | None = None
 
@@ -100,6 +110,10 @@ class _Item:
 class Recognizer:
     """Bundle + runner + decoder. `transcribe_iter` yields one Transcript per input, errors included, in order,
     as each group finishes; `transcribe` returns them as a list."""
+
+    # the bundle.json extra.kind this class runs (None: a CTC bundle); load_recognizer picks the class by it
+    bundle_kind: ClassVar[str | None] = None
+    item_type: ClassVar[type[AudioItem]] = AudioItem
 
     def __init__(self, manifest: BundleManifest, runner: Runner, decoder: Decoder) -> None:
         self.manifest = manifest
@@ -113,7 +127,8 @@ class Recognizer:
         cls,
         path: str | Path,
         *,
-        backend: str = "onnxruntime",
+        backend_options: BackendOptions | None = None,
+        backend: str | None = None,
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
         decoder: Decoder | Any = None,
@@ -123,40 +138,41 @@ class Recognizer:
         below_threshold: str | None = None,
         **runner_kwargs,
     ) -> Recognizer:
-        """Verify the bundle (schema, hashes), build the runner and the decoder (options or a Decoder).
-
-        Multi-language bundles give a MultiRecognizer: `language` forces a head, otherwise language ID routes;
-        below `lid_threshold` it runs every head and keeps the most confident (`below_threshold="all"`) or
-        answers language "unknown" (`"unknown"`).
-        """
-        if threads is not None:  # thousands of threads only eat memory: refused before anything is loaded
-            limits.check_threads("threads", threads)
-        folder = Path(path)
-        # validates bundle.json and refuses every path it names that leads outside the folder (graph included)
-        manifest = load_bundle(folder, verify=verify)
-        from xlsr_edge.lm.weights import with_tuned_weights
-
-        decoder = with_tuned_weights(decoder)  # BeamOptions with an LM: the weights `lm tune` stored for it
-        kwargs = dict(runner_kwargs)
-        if backend == "onnxruntime":
-            kwargs.update(providers=providers, threads=threads)
-        elif backend == "openvino" and providers in (None, "cpu"):
-            kwargs.update(threads=threads)
-        elif providers not in (None, "cpu") or threads:
-            raise XlsrEdgeError(f"--providers/--threads apply to the onnxruntime backend, not {backend}")
-        runner = make_runner(backend, folder, manifest, **kwargs).activate()
-        if manifest.extra.get("kind") == "multi":
-            from xlsr_edge.runtime.multi import MultiRecognizer
-
-            return MultiRecognizer.create(
-                folder,
-                manifest,
-                runner,
-                decoder,
-                language=language,
-                threshold=lid_threshold,
-                policy=below_threshold,
+        """`load_recognizer`, with the runner settings as BackendOptions or as shorthands: `backend`, `providers`,
+        `threads` and a backend's runner keywords (`BackendOptions.from_keywords`: onnxruntime `trt_cache_dir`,
+        openvino `precision_hint`, `cache_dir`), not both."""
+        if backend_options is None:  # checked here, before anything is loaded
+            backend_options = BackendOptions.from_keywords(
+                backend, providers=providers, threads=threads, **runner_kwargs
             )
+        elif backend is not None or providers is not None or threads is not None or runner_kwargs:
+            raise TypeError(
+                "pass backend_options or the shorthands (backend, providers, threads, ...), not both"
+            )
+        return load_recognizer(
+            path,
+            backend_options=backend_options,
+            decoder=decoder,
+            verify=verify,
+            language=language,
+            lid_threshold=lid_threshold,
+            below_threshold=below_threshold,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        folder: Path,
+        manifest: BundleManifest,
+        runner: Runner,
+        decoder: Decoder | Any,
+        *,
+        language: str | None = None,
+        threshold: float | None = None,
+        policy: str | None = None,
+    ) -> Recognizer:
+        """The Recognizer of a loaded bundle and its active runner (`decoder`: options or a Decoder). A CTC bundle
+        has one language: the multi-language settings do not apply to it."""
         if not isinstance(decoder, Decoder):
             decoder = make_decoder(Vocabulary.from_model_info(manifest.model), decoder or GreedyOptions())
         return cls(manifest, runner, decoder)
@@ -194,7 +210,7 @@ class Recognizer:
         index: int,
         sample_rate: int | None = None,
         max_seconds: float | None = DEFAULT_MAX_SECONDS,
-    ) -> _Item:
+    ) -> AudioItem:
         """Stage 1+2: read/resample and normalize (a file too long to hold is measured in a first pass over its
         stream, then read again window by window); an unusable input becomes an item with an error."""
         item = self._open(source, index, sample_rate, max_seconds)
@@ -202,7 +218,7 @@ class Recognizer:
 
     def _open(
         self, source: AudioInput, index: int, sample_rate: int | None, max_seconds: float | None
-    ) -> _Item:
+    ) -> AudioItem:
         """Arrays and files that fit in memory are read whole; a longer file only has its header checked."""
         rate = self.info.sample_rate
         name = str(source) if not isinstance(source, np.ndarray) else f"<array {index}>"
@@ -215,14 +231,16 @@ class Recognizer:
             else:
                 audio = AudioFile.open(source, rate, max_seconds=max_seconds)
                 if not audio.fits_in_memory:
-                    return _Item(name, stream=StreamedAudio(audio, self.info.do_normalize))
+                    return self.item_type(name, stream=StreamedAudio(audio, self.info.do_normalize))
                 x = audio.read()
             frames = self._frames(name, len(x))
-            return _Item(name, normalize(x, self.info.do_normalize), num_samples=len(x), frames=frames)
+            return self.item_type(
+                name, normalize(x, self.info.do_normalize), num_samples=len(x), frames=frames
+            )
         except XlsrEdgeError as exc:
-            return _Item(name, error=str(exc))
+            return self.item_type(name, error=str(exc))
 
-    def _scan(self, item: _Item) -> _Item:
+    def _scan(self, item: AudioItem) -> AudioItem:
         """The first pass over a streamed file: its length and normalization statistics."""
         try:
             item.num_samples = item.stream.scan()
@@ -242,7 +260,7 @@ class Recognizer:
             )
         return frames
 
-    def windows(self, items: list[_Item], options: TranscribeOptions) -> list[Window]:
+    def windows(self, items: list[AudioItem], options: TranscribeOptions) -> list[Window]:
         """Stage 3: split long inputs into overlapping windows aligned to frames."""
         rate = self.info.sample_rate
         chunk = None if options.chunk_seconds is None else int(options.chunk_seconds * rate)
@@ -268,7 +286,7 @@ class Recognizer:
         return out
 
     def infer(
-        self, items: list[_Item], windows: list[Window], options: TranscribeOptions, progress=None
+        self, items: list[AudioItem], windows: list[Window], options: TranscribeOptions, progress=None
     ) -> None:
         """Stage 4+5: bucket windows into batches, run the graph, stitch kept frames back per item.
 
@@ -297,41 +315,41 @@ class Recognizer:
                     progress.update(sum(w.num_samples for w in ws) / self.info.sample_rate)
         for i, parts in pieces.items():
             parts.sort(key=lambda p: p[0])
-            items[i].logits = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+            items[i].output = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
 
-    def decode(self, items: list[_Item]) -> list[Decoded | None]:
+    def decode(self, items: list[AudioItem]) -> list[Decoded | None]:
         """Stage 6: decode every item that has logits, in batches of similar length."""
-        ok = [i for i, it in enumerate(items) if it.logits is not None]
+        ok = [i for i, it in enumerate(items) if it.output is not None]
         out: list[Decoded | None] = [None] * len(items)
         if not ok:
             return out
         vocab = self.info.vocab
-        for batch in bucket([items[i].logits.shape[0] for i in ok], 64, max_padding=0.5):
+        for batch in bucket([items[i].output.shape[0] for i in ok], 64, max_padding=0.5):
             idx = [ok[j] for j in batch]
-            longest = max(items[i].logits.shape[0] for i in idx)
+            longest = max(items[i].output.shape[0] for i in idx)
             stacked = np.full((len(idx), longest, len(vocab)), -1e4, dtype=np.float32)
             lengths = np.zeros(len(idx), dtype=np.int64)
             for k, i in enumerate(idx):
-                lg = items[i].logits
+                lg = items[i].output
                 stacked[k, : lg.shape[0]] = lg
                 lengths[k] = lg.shape[0]
             for i, d in zip(idx, self.decoder.decode_batch(stacked, lengths)):
                 out[i] = d
         return out
 
-    def _window_samples(self, item: _Item, w: Window) -> np.ndarray:
+    def _window_samples(self, item: AudioItem, w: Window) -> np.ndarray:
         if item.samples is not None:
             return item.samples[w.start : w.end]
         return item.stream.window(w.start, w.end)
 
-    def _run(self, items: list[_Item], options: TranscribeOptions, progress=None) -> list[_Item]:
+    def _run(self, items: list[AudioItem], options: TranscribeOptions, progress=None) -> list[AudioItem]:
         """Windows and inference for one group; the audio is let go once its logits are there."""
         try:
             self.infer(items, self.windows(items, options), options, progress)
         except AudioError as exc:  # only a streamed file reads audio here, and it runs alone
             if len(items) != 1 or items[0].stream is None:
                 raise
-            items[0].error, items[0].logits = str(exc), None
+            items[0].error, items[0].output = str(exc), None
         finally:
             for it in items:
                 if it.stream is not None:
@@ -345,10 +363,10 @@ class Recognizer:
         options: TranscribeOptions,
         sample_rate: int | None = None,
         progress=None,
-    ) -> Iterator[list[_Item]]:
+    ) -> Iterator[list[AudioItem]]:
         """Load inputs in order and run them in groups (see the module docstring), each yielded when done."""
         span = options.batch_size * GROUP_BATCHES
-        pending: list[_Item] = []
+        pending: list[AudioItem] = []
         windows = 0
         for i, src in enumerate(inputs):
             item = self._open(src, i, sample_rate, options.max_seconds)
@@ -409,11 +427,12 @@ class Recognizer:
     def logits(
         self, inputs: Sequence[AudioInput], options: TranscribeOptions | None = None
     ) -> list[np.ndarray | None]:
-        """Stitched logits per input (None where the input failed): for gates and evaluation."""
+        """The graph's stitched output per input (None where the input failed): logits for gates and evaluation
+        (a multi-language backbone's hidden states)."""
         options = options or TranscribeOptions()
-        return [it.logits for group in self._groups(inputs, options) for it in group]
+        return [it.output for group in self._groups(inputs, options) for it in group]
 
-    def _format(self, item: _Item, decoded: Decoded | None) -> Transcript:
+    def _format(self, item: AudioItem, decoded: Decoded | None) -> Transcript:
         if item.error is not None or decoded is None:
             return Transcript(audio=item.name, error=item.error or "no output")
         return Transcript(
@@ -427,3 +446,53 @@ class Recognizer:
             language=item.language,
             language_confidence=item.language_confidence,
         )
+
+
+def _recognizer_class(kind: str | None) -> type[Recognizer]:
+    """The Recognizer subclass whose `bundle_kind` is `kind` (xlsr_edge.runtime imports them all), else this one."""
+    todo: list[type[Recognizer]] = [Recognizer]
+    while todo:
+        c = todo.pop()
+        if c.bundle_kind == kind:
+            return c
+        todo += c.__subclasses__()
+    return Recognizer
+
+
+def load_recognizer(
+    path: str | Path,
+    *,
+    backend_options: BackendOptions | None = None,
+    decoder: Decoder | Any = None,
+    verify: bool = True,
+    language: str | None = None,
+    lid_threshold: float | None = None,
+    below_threshold: str | None = None,
+) -> Recognizer:
+    """Verify the bundle (schema, hashes), build its runner (`backend_options`, default onnxruntime on the CPU)
+    and the Recognizer its kind needs, with the decoder (options or a Decoder).
+
+    Multi-language bundles give a MultiRecognizer (runtime.multilang): `language` forces a head, otherwise
+    language ID routes; below `lid_threshold` it runs every head and keeps the most confident
+    (`below_threshold="all"`) or answers language "unknown" (`"unknown"`).
+    """
+    folder = Path(path)
+    # validates bundle.json and refuses every path it names that leads outside the folder (graph included)
+    manifest = load_bundle(folder, verify=verify)
+    from xlsr_edge.lm.weights import with_tuned_weights
+
+    decoder = with_tuned_weights(decoder)  # BeamOptions with an LM: the weights `lm tune` stored for it
+    runner = (backend_options or BackendOptions()).make_runner(folder, manifest).activate()
+    try:
+        return _recognizer_class(manifest.extra.get("kind")).create(
+            folder,
+            manifest,
+            runner,
+            decoder,
+            language=language,
+            threshold=lid_threshold,
+            policy=below_threshold,
+        )
+    except BaseException:
+        runner.deactivate()
+        raise

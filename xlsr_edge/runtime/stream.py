@@ -25,19 +25,18 @@ batched inference call (``xlsr_edge.runtime.server``); ``accept`` and ``close`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from xlsr_edge import limits
-from xlsr_edge.decoders import Decoded, Word
+from xlsr_edge.bundle import BundleManifest, ModelInfo
+from xlsr_edge.decoders import Decoded, Decoder, Word
 from xlsr_edge.errors import AudioError, XlsrEdgeError
 from xlsr_edge.runtime.audio import check_samples, normalize
 from xlsr_edge.runtime.batching import infer_batch
+from xlsr_edge.runtime.runners import Runner
 from xlsr_edge.runtime.vad import VAD_FRAME, VAD_RATE, Endpointer, SileroVad, VadOptions
-
-if TYPE_CHECKING:
-    from xlsr_edge.runtime.recognizer import Recognizer
 
 CUT_SEARCH_SECONDS = 2.0  # a maximum-length cut looks for a pause in the utterance's last 2 s
 
@@ -197,10 +196,20 @@ def to_float32(samples: Any) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
+class StreamSource(Protocol):
+    """What a Stream reads of its Recognizer (typed here: runtime.recognizer imports this module, not the
+    reverse)."""
+
+    manifest: BundleManifest
+    info: ModelInfo
+    runner: Runner
+    decoder: Decoder
+
+
 class Stream:
     """A live stream over one Recognizer (``rec.stream(options)``). Not thread-safe: one caller at a time."""
 
-    def __init__(self, recognizer: Recognizer, options: StreamOptions | None = None) -> None:
+    def __init__(self, recognizer: StreamSource, options: StreamOptions | None = None) -> None:
         o = options or StreamOptions()
         manifest = getattr(recognizer, "manifest", None)
         if manifest is not None and manifest.extra.get("kind") == "multi":

@@ -179,17 +179,21 @@ class TranscribeWorker:
     a pyarrow table of results (`result_schema`) out, one row per input."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        from xlsr_edge.runtime import Recognizer, TranscribeOptions
+        from xlsr_edge.runtime import BackendOptions, Recognizer, TranscribeOptions
 
         folder = resolve_bundle(config.bundle)
+        kwargs = dict(config.recognizer_kwargs)
+        multilang = {k: kwargs.pop(k) for k in ("lid_threshold", "below_threshold") if k in kwargs}
+        # the worker's threads are its CPUs: given to the backends that take a thread count, dropped for others
+        backend = BackendOptions.from_keywords(
+            config.backend,
+            providers=config.providers,
+            threads=config.threads,
+            ignore_unused=("providers", "threads"),
+            **kwargs,
+        )
         self.recognizer = Recognizer.from_bundle(
-            folder,
-            backend=config.backend,
-            providers=config.providers if config.backend == "onnxruntime" else None,
-            threads=config.threads if config.backend == "onnxruntime" else None,
-            decoder=config.decoder,
-            language=config.language,
-            **dict(config.recognizer_kwargs),
+            folder, backend_options=backend, decoder=config.decoder, language=config.language, **multilang
         )
         self.options = TranscribeOptions(
             batch_size=config.batch_size,

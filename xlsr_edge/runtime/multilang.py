@@ -1,17 +1,23 @@
-"""MultiRecognizer: one backbone pass, language ID, the chosen language's head and decoder."""
+"""Multi-language bundles: one backbone pass, language ID, the chosen language's head and decoder.
+
+`MultiRecognizer` is the Recognizer of bundles whose bundle.json says ``"kind": "multi"`` (its `bundle_kind`):
+`load_recognizer` / `Recognizer.from_bundle` build it for them. Its items (`MultiItem`) carry the backbone's
+hidden states in `output` and, for MMS bundles routed by language ID, each language's own hidden states.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from xlsr_edge.bundle import BundleManifest, ModelInfo, bundle_path
 from xlsr_edge.decoders import Decoded, Decoder, GreedyOptions, Vocabulary, make_decoder
 from xlsr_edge.errors import BundleError, XlsrEdgeError
-from xlsr_edge.runtime.recognizer import Recognizer, _Item
+from xlsr_edge.runtime.recognizer import AudioItem, Recognizer
 from xlsr_edge.runtime.router import Head, LanguageId, ctc_confidence, pool
 from xlsr_edge.runtime.runners import Runner
 
@@ -31,7 +37,19 @@ def language_info(manifest: BundleManifest, lang: str) -> ModelInfo:
     )
 
 
+@dataclass
+class MultiItem(AudioItem):
+    """An input of a multi-language bundle: `output` holds the backbone's hidden states (read by language ID);
+    `by_language`, for MMS bundles routed by language ID, the hidden states of the body run with each language's
+    own adapters (the chosen head reads its language's)."""
+
+    by_language: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class MultiRecognizer(Recognizer):
+    bundle_kind: ClassVar[str | None] = "multi"
+    item_type: ClassVar[type[AudioItem]] = MultiItem
+
     def __init__(
         self,
         manifest: BundleManifest,
@@ -51,7 +69,6 @@ class MultiRecognizer(Recognizer):
         # input; language ID reads the body with one language's adapters (the one it was trained on)
         self.adapters = any(h.adapter is not None for h in heads.values())
         self.lid_language = (manifest.extra.get("adapters") or {}).get("lid") or next(iter(heads))
-        self._by_language: dict[int, dict[str, np.ndarray]] = {}
         if self.adapters:
             self._use(language or self.lid_language)
 
@@ -60,23 +77,22 @@ class MultiRecognizer(Recognizer):
         if hasattr(self.runner, "adapter_weights"):
             self.runner.adapter_weights = self.heads[lang].adapter
 
-    def infer(self, items: list[_Item], windows, options, progress=None) -> None:
+    def infer(self, items: list[MultiItem], windows, options, progress=None) -> None:
         """MMS with language ID: the body runs once per language (each with its adapters); otherwise once."""
         if not self.adapters or self.language is not None or len(self.heads) == 1:
             if self.adapters:
                 self._use(self.language or self.lid_language)
             return super().infer(items, windows, options, progress)
-        self._by_language.clear()  # the previous group was decoded
         hidden: dict[str, list] = {}
         for k, lang in enumerate(self.heads):
             self._use(lang)
             super().infer(items, windows, options, progress if k == 0 else None)
-            hidden[lang] = [it.logits for it in items]
+            hidden[lang] = [it.output for it in items]
         self._use(self.lid_language)
         for i, it in enumerate(items):
-            if it.logits is not None:
-                it.logits = hidden[self.lid_language][i]
-                self._by_language[id(it)] = {lang: h[i] for lang, h in hidden.items()}
+            if it.output is not None:
+                it.output = hidden[self.lid_language][i]
+                it.by_language = {lang: h[i] for lang, h in hidden.items()}
 
     @classmethod
     def create(
@@ -86,10 +102,12 @@ class MultiRecognizer(Recognizer):
         runner: Runner,
         decoder: Any,
         *,
-        language: str | None,
-        threshold: float | None,
-        policy: str | None,
+        language: str | None = None,
+        threshold: float | None = None,
+        policy: str | None = None,
     ) -> MultiRecognizer:
+        """Load the heads, the language-ID model and one decoder per language (`decoder`: options, not a
+        Decoder) next to the active backbone runner."""
         langs = manifest.extra["languages"]
         if language is not None and language not in langs:
             raise XlsrEdgeError(f"--language {language}: this bundle has {', '.join(langs)}")
@@ -181,13 +199,11 @@ class MultiRecognizer(Recognizer):
         _, lang, logits = max(scored, key=lambda t: t[0])
         return lang, float(probs[self.lid.languages.index(lang)]), logits
 
-    def decode(self, items: list[_Item]) -> list[Decoded | None]:
+    def decode(self, items: list[MultiItem]) -> list[Decoded | None]:
         out: list[Decoded | None] = [None] * len(items)
         for i, it in enumerate(items):
-            if it.logits is None:
+            if it.output is None:
                 continue
-            it.language, it.language_confidence, logits = self.route(
-                it.logits, self._by_language.pop(id(it), None)
-            )
+            it.language, it.language_confidence, logits = self.route(it.output, it.by_language or None)
             out[i] = Decoded("") if it.language == UNKNOWN else self.decoders[it.language].decode(logits)
         return out
