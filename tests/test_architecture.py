@@ -4,7 +4,7 @@ docs/architecture.md (the runtime that goes on a Jetson never reaches the export
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "xlsr_edge"
@@ -39,7 +39,14 @@ FORBIDDEN = {
         "transformers",
         "ray",
     ),
-    "xlsr_edge.precision": ("xlsr_edge.export", "xlsr_edge.train", "xlsr_edge.commands", "xlsr_edge.cli"),
+    # precision scores with the floor's xlsr_edge.scoring, never with measure (measure runs precision's outputs)
+    "xlsr_edge.precision": (
+        "xlsr_edge.export",
+        "xlsr_edge.train",
+        "xlsr_edge.commands",
+        "xlsr_edge.cli",
+        "xlsr_edge.measure",
+    ),
     "xlsr_edge.measure": (
         "xlsr_edge.export.pipeline",
         "xlsr_edge.train",
@@ -389,3 +396,152 @@ def test_decoders_rule_can_fail(tmp_path: Path) -> None:
     _, edges = import_edges(pkg)
     found = package_imports_outside(edges, "xlsr_edge.decoders", DECODERS_MAY_IMPORT)
     assert len(found) == 1 and "xlsr_edge.decoders.beam (line 3) imports xlsr_edge.bundle" in found[0]
+
+
+# -- issue 22: the runtime's modules, one batched-inference path, typed backend options -------------------------
+
+
+def any_level_cycle(modules: set[str], edges: list[Edge], within: str) -> list[str] | None:
+    """An import cycle among the modules under `within`, counting every import: inside functions and under
+    `if TYPE_CHECKING:` too (a cycle there is a knot a reader has to untie, whenever it runs)."""
+    scope = {m for m in modules if _under(m, within)}
+    return find_cycle(scope, [replace(e, module_level=True) for e in edges if e.source in scope])
+
+
+def test_no_import_cycle_at_any_level_among_runtime_modules() -> None:
+    modules, edges = import_edges(PACKAGE)
+    assert any_level_cycle(modules, edges, "xlsr_edge.runtime") is None
+
+
+def test_scoring_imports_only_the_floor() -> None:
+    _, edges = import_edges(PACKAGE)
+    assert any(e.source.startswith("xlsr_edge.precision") and e.target == "xlsr_edge.scoring" for e in edges)
+    assert package_imports_outside(edges, "xlsr_edge.scoring", (*FLOOR, "xlsr_edge.text")) == []
+
+
+def _parse(root: Path):
+    for path in sorted(root.rglob("*.py")):
+        yield module_name(path, root), path, ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def _names(node: ast.AST) -> set[str]:
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            out.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            out.add(n.attr)
+        elif isinstance(n, (ast.arg, ast.keyword)) and n.arg:
+            out.add(n.arg)
+    return out
+
+
+def _is_zero(node: ast.AST) -> bool:
+    v = getattr(node, "value", None)
+    return (
+        isinstance(node, ast.Constant) and isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+    )
+
+
+MAX_PADDING_HOME = "xlsr_edge.constants"  # MAX_PADDING = 0.25
+NO_MASK_RULE_HOME = "xlsr_edge.runtime.batching"  # padding_limit: no attention mask -> no padding
+
+
+def padding_rule_copies(root: Path) -> list[str]:
+    """The batch padding share written as a number (0.25 next to a *padding*/*mask* name: an assignment, a
+    keyword, a default) outside constants, and the "no attention mask -> 0" rule (`x if ..mask.. else 0`)
+    spelled out anywhere but runtime.batching."""
+    out = []
+    for name, _, tree in _parse(root):
+        parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value == 0.25 and name != MAX_PADDING_HOME:
+                stmt = node
+                while not isinstance(stmt, ast.stmt):
+                    stmt = parents[stmt]
+                scope = stmt.args if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) else stmt
+                if any("padding" in n.lower() or "mask" in n.lower() for n in _names(scope)):
+                    out.append(
+                        f"{name}:{node.lineno} writes the padding share 0.25 (use constants.MAX_PADDING)"
+                    )
+            elif isinstance(node, ast.IfExp) and name != NO_MASK_RULE_HOME:
+                if any("mask" in n.lower() for n in _names(node.test)) and (
+                    _is_zero(node.body) or _is_zero(node.orelse)
+                ):
+                    out.append(
+                        f"{name}:{node.lineno} spells out the no-mask padding rule (use batching.padding_limit)"
+                    )
+    return out
+
+
+def test_the_padding_share_and_the_no_mask_rule_live_in_one_place_each() -> None:
+    assert padding_rule_copies(PACKAGE) == []
+
+
+# `== "onnxruntime"`: which backend runs is decided by runtime.backend_options alone (its typed options build the
+# runner). Modules not yet moved onto BackendOptions, each with why:
+BACKEND_DISPATCH_HOME = "xlsr_edge.runtime.backend_options"
+BACKEND_DISPATCH_PENDING = {
+    "xlsr_edge.measure.bench_engines": "bench adopts BackendOptions after its split",
+    "xlsr_edge.optimize": "being written beside this rule (issue on `xlsr-edge optimize`)",
+    "xlsr_edge.precision.convert": "reads a gate report's backend field for its wording, runs nothing",
+}
+
+
+def backend_name_comparisons(root: Path) -> list[str]:
+    out = []
+    for name, _, tree in _parse(root):
+        if name == BACKEND_DISPATCH_HOME or any(_under(name, p) for p in BACKEND_DISPATCH_PENDING):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(x, ast.Constant) and x.value == "onnxruntime" for x in sides):
+                    out.append(f"{name}:{node.lineno} compares a backend with 'onnxruntime'")
+    return out
+
+
+def test_backend_dispatch_lives_in_backend_options() -> None:
+    assert backend_name_comparisons(PACKAGE) == []
+
+
+def test_issue_22_rules_can_fail(tmp_path: Path) -> None:
+    pkg = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "constants.py": "MAX_PADDING = 0.25\n",
+            "runtime/__init__.py": "",
+            # the old shape: each imports the other, one of them only inside a function
+            "runtime/recognizer.py": "def f():\n    from xlsr_edge.runtime.multi import M\n",
+            "runtime/multi.py": "from xlsr_edge.runtime.recognizer import R\n",
+            "runtime/stream.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import stream2\n",
+            "runtime/stream2.py": "def g():\n    from . import stream\n",
+            "precision/gate.py": (
+                "from xlsr_edge.measure.metrics import error_rates\n"
+                "def run(info, uses_mask, backend):\n"
+                "    max_padding = 0.25 if info.uses_attention_mask else 0.0\n"
+                "    return bucket(x, 8, max_padding=0.25), backend == 'onnxruntime'\n"
+            ),
+            "measure/metrics.py": "",
+            "scoring.py": "from xlsr_edge.runtime import x\n",
+        },
+    )
+    modules, edges = import_edges(pkg)
+    assert find_cycle(modules, edges) is None  # at module level there is none...
+    cycle = any_level_cycle(modules, edges, "xlsr_edge.runtime")  # ...at any level there are two
+    assert cycle is not None and set(cycle) in (
+        {"xlsr_edge.runtime.recognizer", "xlsr_edge.runtime.multi"},
+        {"xlsr_edge.runtime.stream", "xlsr_edge.runtime.stream2"},
+    )
+    assert any(
+        "xlsr_edge.precision.gate" in v and "must not import xlsr_edge.measure" in v
+        for v in layering_violations(edges)
+    )
+    assert package_imports_outside(edges, "xlsr_edge.scoring", (*FLOOR, "xlsr_edge.text")) != []
+    copies = padding_rule_copies(pkg)
+    assert sum("0.25" in c for c in copies) == 2 and sum("no-mask" in c for c in copies) == 1
+    assert all("xlsr_edge.precision.gate" in c for c in copies)
+    assert backend_name_comparisons(pkg) == [
+        "xlsr_edge.precision.gate:4 compares a backend with 'onnxruntime'"
+    ]
