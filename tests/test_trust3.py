@@ -487,3 +487,68 @@ def test_a_wav_of_unknown_length_is_not_called_truncated(tmp_path):
     claimed, present, align = wav_data_claim(files["half"])
     assert claimed > present and align == 2
     assert wav_data_claim(Path(__file__)) is None  # not a WAV
+
+
+# -- 14: --resume on an output with a duplicated shard names the file to remove ---------------------------------
+
+
+def _job(sha: str) -> dict:
+    from xlsr_edge.scale import output
+
+    inputs = [{"manifest": "m.jsonl", "sha256": "0" * 64, "utterances": 4}]
+    return {
+        "tool": output.KIND.writer,
+        "bundle": "b",
+        "bundle_sha256": sha,
+        "format": "jsonl",
+        "inputs": inputs,
+    }
+
+
+def _rows(sha: str, ids: list[str]) -> list[dict]:
+    return [{"id": i, "audio": f"{i}.wav", "text": "a", "duration": 1.0, "bundle_sha256": sha} for i in ids]
+
+
+def test_resume_with_a_copied_shard_names_the_copy_and_goes_on_once_it_is_removed(tmp_path):
+    from xlsr_edge.errors import XlsrEdgeError
+    from xlsr_edge.scale import output
+
+    sha, out = "a" * 64, tmp_path / "out"
+    run, _ = output.prepare(out, _job(sha), resume=False)
+    writer = output.ShardWriter(out, "jsonl", run)
+    first = writer.write(_rows(sha, ["0:0", "0:1"]))
+    shutil.copy(first, out / "part-001-00007.jsonl")  # the user copied a shard into the folder
+    before = tree(out)
+    for _ in range(2):  # the same answer each time, and nothing touched
+        with pytest.raises(XlsrEdgeError) as info:
+            output.prepare(out, _job(sha), resume=True)
+        message = str(info.value)
+        assert "2 inputs are written twice" in message
+        assert (
+            "part-001-00007.jsonl is an exact copy of part-001-00000.jsonl: remove part-001-00007.jsonl"
+            in message
+        )
+        assert "then run again with --resume" in message
+        assert tree(out) == before
+    (out / "part-001-00007.jsonl").unlink()
+    run, found = output.prepare(out, _job(sha), resume=True)
+    assert run == 2 and found.ids == {"0:0", "0:1"} and found.duplicates == 0
+
+
+def test_a_shard_that_repeats_some_rows_is_named_with_what_it_repeats(tmp_path):
+    from xlsr_edge.errors import XlsrEdgeError
+    from xlsr_edge.scale import output
+
+    sha, out = "a" * 64, tmp_path / "out"
+    run, _ = output.prepare(out, _job(sha), resume=False)
+    writer = output.ShardWriter(out, "jsonl", run)
+    writer.write(_rows(sha, ["0:0", "0:1"]))
+    writer.write(_rows(sha, ["0:2"]))
+    mixed = output.ShardWriter(out, "jsonl", 9)  # a shard edited by hand: one row repeated, one new
+    mixed.write(_rows(sha, ["0:1", "0:3"]))
+    with pytest.raises(XlsrEdgeError) as info:
+        output.prepare(out, _job(sha), resume=True)
+    assert (
+        "part-009-00000.jsonl repeats 1 of its 2 rows from part-001-00000.jsonl: move part-009-00000.jsonl"
+        in str(info.value)
+    )

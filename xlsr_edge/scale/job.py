@@ -446,10 +446,12 @@ def _finish(
         "shards": len(final.shards),
     }
     output.write_summary(out, summary)
-    if check and (missing or final.duplicates):
+    if check and final.duplicates:  # a shard copied in while the job ran: --resume alone cannot undo it
+        raise XlsrEdgeError(output.duplicates_error(out, final))
+    if check and missing:
         raise XlsrEdgeError(
-            f"{out}: {missing} inputs missing and {final.duplicates} written twice after the run "
-            "(see _summary.json); run again with --resume to fill the gaps"
+            f"{out}: {missing} inputs missing after the run (see _summary.json); run again with --resume to fill "
+            "the gaps"
         )
     return JobResult(out, summary)
 

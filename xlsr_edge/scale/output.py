@@ -18,6 +18,7 @@ deleted except our own temp shards of killed runs.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import re
@@ -92,16 +93,26 @@ class Scan:
     audio_seconds: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
+    first_shard: dict[str, str] = field(default_factory=dict)  # id -> the shard whose row of it counts
+    shard_rows: dict[str, int] = field(default_factory=dict)
+    repeats: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # shard -> {earlier shard: rows repeated}
 
-    def add(self, row: dict[str, Any], sha256: str) -> None:
+    def add(self, row: dict[str, Any], sha256: str, shard: str = "") -> None:
         self.rows += 1
+        self.shard_rows[shard] = self.shard_rows.get(shard, 0) + 1
         if row.get("bundle_sha256") != sha256:
             self.other_bundle += 1
             return
         if row["id"] in self.ids:
             self.duplicates += 1
+            first = self.first_shard[row["id"]]
+            counts = self.repeats.setdefault(shard, {})
+            counts[first] = counts.get(first, 0) + 1
             return
         self.ids.add(row["id"])
+        self.first_shard[row["id"]] = shard
         if row.get("error") is not None:
             self.errors += 1
             if len(self.failures) < FAILURES_LISTED:
@@ -141,8 +152,38 @@ def scan(folder: Path, sha256: str) -> Scan:
     for path in shard_files(folder):
         out.shards.append(path.name)
         for row in read_shard(path, ("id", "audio", "error", "duration", "bundle_sha256")):
-            out.add(row, sha256)
+            out.add(row, sha256, path.name)
     return out
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def duplicates_error(folder: Path, found: Scan) -> str:
+    """What to do about inputs written twice: which shard file to remove. transcribe-dataset never writes an
+    id twice (each run leaves out what the folder holds), so a repeat is a copied or moved-in shard, and
+    --resume cannot undo it: the user removes the file named (the rows of the other shard stay counted)."""
+    advice = []
+    for shard, counts in found.repeats.items():
+        repeated, total = sum(counts.values()), found.shard_rows.get(shard, 0)
+        others = ", ".join(sorted(counts))
+        if repeated == total and len(counts) == 1 and _same_bytes(folder / shard, folder / others):
+            advice.append(f"{shard} is an exact copy of {others}: remove {shard}")
+        elif repeated == total:
+            advice.append(f"every row of {shard} is also in {others}: remove {shard}")
+        else:
+            advice.append(
+                f"{shard} repeats {repeated} of its {total} rows from {others}: move {shard} out of the folder "
+                "(--resume transcribes its other rows again)"
+            )
+    return (
+        f"-o {folder}: {found.duplicates} inputs are written twice; {'; '.join(advice)}; then run again with "
+        "--resume (transcribe-dataset never writes an input twice: the extra shard was copied in)"
+    )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -227,6 +268,8 @@ def prepare(
             raise XlsrEdgeError(
                 f"--resume: -o {folder} belongs to another job: {'; '.join(diff)}; choose another -o"
             )
+        if existing.duplicates:  # before any work: the same error would come back after every run
+            raise XlsrEdgeError(duplicates_error(folder, existing))
         for p in folder.iterdir():  # temp shards of a killed run: ours by name, never a finished shard
             if TEMP_SHARD.match(p.name) and p.is_file():
                 p.unlink()
