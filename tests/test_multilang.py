@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import read_bundle_json
 from xlsr_edge.cli import export_main, main
-from xlsr_edge.errors import ExportError
+from xlsr_edge.errors import BundleError, ExportError
 from xlsr_edge.export import ExportOptions, export_bundle
 from xlsr_edge.export.multi import add_language, export_multi
 from xlsr_edge.runtime import Recognizer
@@ -178,6 +178,33 @@ def test_bundle_without_lid_needs_a_language(shared_bundle):
 
     with pytest.raises(BundleError, match="--language"):
         Recognizer.from_bundle(shared_bundle)
+
+
+def test_load_recognizer_builds_the_multi_language_recognizer_and_its_items(
+    shared_bundle, speech_dir, monkeypatch
+):
+    """load_recognizer picks the class by bundle.json's kind; its items are public and keep hidden states in
+    `output` (not in a field named logits), the per-language ones in `by_language`."""
+    from xlsr_edge.runtime import AudioItem, MultiItem, MultiRecognizer, TranscribeOptions, load_recognizer
+
+    clip = sorted(speech_dir.iterdir())[0]
+    with load_recognizer(shared_bundle, language="tr") as rec:
+        assert (
+            type(rec) is MultiRecognizer and rec.bundle_kind == "multi" and issubclass(MultiItem, AudioItem)
+        )
+        (item,) = rec._run([rec.load(clip, 0)], TranscribeOptions())
+        assert isinstance(item, MultiItem) and item.by_language == {}  # a forced language runs the body once
+        width = rec.heads["tr"].weight.shape[1]
+        assert item.output.shape == (rec.info.frames_for(item.num_samples), width)
+        (decoded,) = rec.decode([item])
+        assert item.language == "tr" and decoded.text == rec.transcribe([clip])[0].text
+    from xlsr_edge.runtime.runners import OnnxRuntimeRunner
+
+    released = []
+    monkeypatch.setattr(OnnxRuntimeRunner, "_deactivate", lambda self: released.append(self.model_path))
+    with pytest.raises(BundleError, match="--language"):
+        load_recognizer(shared_bundle)
+    assert len(released) == 1  # the runner it had started is let go again
 
 
 # -- language ID on a trained body --------------------------------------------------------------------------
