@@ -47,7 +47,12 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
         default=0.5,
         help="speech probability of a speech frame",
     )
-    g.add_argument("--min-silence-seconds", type=context, default=0.5, help="pause that ends an utterance")
+    g.add_argument(
+        "--min-silence-seconds",
+        type=limits.positive_float(limits.MAX_STREAM_SECONDS),
+        default=0.5,
+        help="pause that ends an utterance",
+    )
     g.add_argument("--speech-pad-seconds", type=context, default=0.1, help="audio kept around the speech")
     g.add_argument(
         "--max-utterance-seconds",
