@@ -301,3 +301,56 @@ def test_isa_differences():
         [],
     )
     assert tuned.isa_differences({"AVX2": True}, {"AVX2": True, "AVX-VNNI": True}) == ([], ["AVX-VNNI"])
+
+
+# -- end to end on the tiny model -----------------------------------------------------------------------------------
+
+
+def test_optimize_writes_one_bundle_whose_runtime_transcribe_uses(tiny_ckpt, tmp_path, capsys):
+    """Two candidates beside the fp32 reference, tiny timings; the bundle holds the chosen graph and its record."""
+    import json
+
+    from xlsr_edge.cli import main
+    from xlsr_edge.data import CLIPS_MANIFEST, default_clips
+    from xlsr_edge.runtime import Recognizer
+    from xlsr_edge.runtime.cpu import read_cpuinfo
+
+    out, keep = tmp_path / "opt", tmp_path / "kept"
+    args = [
+        "optimize",
+        str(tiny_ckpt),
+        "-o",
+        str(out),
+        "--dev",
+        str(CLIPS_MANIFEST),
+        "--max-cer-delta",
+        "100",
+    ]
+    args += ["--threads", "1", "--seconds", "0.5", "--repeat", "1", "--keep-candidates", str(keep)]
+    args += ["--candidates", "int8-dynamic @ onnxruntime", "int8 @ onnxruntime"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    rt = json.loads((out / "bundle.json").read_text(encoding="utf-8"))["runtime"]
+    data = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
+    assert rt["threads"] == 1 and rt["backend"] == "onnxruntime" and rt["precision_hint"] is None
+    assert rt["machine"]["instruction_sets"] == read_cpuinfo().instruction_sets()
+    by = {c["name"]: c for c in rt["candidates"]}
+    assert {"fp32 @ onnxruntime", "int8-dynamic @ onnxruntime", "int8 @ onnxruntime"} <= set(by)
+    chosen = [c for c in rt["candidates"] if c["status"] == "chosen"]
+    assert len(chosen) == 1 and chosen[0]["name"] == rt["chosen"]
+    assert data["precision"] == chosen[0]["precision"]  # the bundle holds the chosen graph
+    assert all(c["vs_fp32"] > 0 for c in rt["candidates"] if c["status"] in ("chosen", "passed"))
+    assert any(
+        c["status"] == "skipped" and c["reason"] == "not selected (--candidates)" for c in rt["candidates"]
+    )
+    assert "<- chosen" in printed and f"wrote {out}" in printed
+    assert sorted(p.name for p in keep.iterdir()) == ["fp32", "int8", "int8-dynamic"]
+    # the runtime reads the record: backend and threads by default, explicit values win
+    with Recognizer.from_bundle(out) as rec:
+        assert rec.runner.name == "onnxruntime" and rec.runner.threads == 1
+        assert rec.transcribe([default_clips()[0]])[0].text is not None
+    with Recognizer.from_bundle(out, threads=2) as rec:
+        assert rec.runner.threads == 2
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"runtime       {rt['chosen']}" in shown and "<- chosen" in shown

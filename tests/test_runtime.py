@@ -366,7 +366,9 @@ def test_backend_options_from_keywords_maps_from_bundles_shorthands():
     from xlsr_edge.runtime import BackendOptions
 
     o = BackendOptions.from_keywords(None, providers="cpu", threads=2)
-    assert (o.backend, o.onnxruntime.threads, o.onnxruntime.providers) == ("onnxruntime", 2, ("cpu",))
+    # no backend: the bundle decides when loaded (its recorded runtime, else onnxruntime; tests/test_optimize.py)
+    assert (o.backend, o.onnxruntime.threads, o.onnxruntime.providers) == (None, 2, ("cpu",))
+    assert o.openvino.threads == 2
     ov = BackendOptions.from_keywords("openvino", threads=3, precision_hint="f32", cache_dir=None)
     assert (ov.openvino.threads, ov.openvino.precision_hint, ov.openvino.cache_dir) == (3, "f32", None)
     trt = BackendOptions.from_keywords("onnxruntime", providers=["tensorrt"], trt_cache_dir="engines")
@@ -397,7 +399,8 @@ def test_backend_options_from_the_command_line(tmp_path):
     o = backend_options(
         _args("transcribe", "b", "a.wav", "--providers", "tensorrt,cuda", "--trt-cache-dir", "eng")
     )
-    assert o.backend == "onnxruntime" and o.onnxruntime.providers == ("tensorrt", "cuda")
+    # no --backend: the bundle decides when loaded (xlsr-edge optimize's record, else onnxruntime)
+    assert o.backend is None and o.onnxruntime.providers == ("tensorrt", "cuda")
     assert o.tensorrt.cache_dir == Path("eng")
     ov = backend_options(
         _args(

@@ -7,6 +7,7 @@ onnx, transformers) stay inside the handlers, so `--help` is fast and the runtim
 # Order = the order of `xlsr-edge --help`.
 COMMAND_MODULES = (
     "xlsr_edge.commands.export",
+    "xlsr_edge.commands.optimize",
     "xlsr_edge.commands.inspect",
     "xlsr_edge.commands.transcribe",
     "xlsr_edge.commands.transcribe_dataset",

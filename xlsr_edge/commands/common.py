@@ -53,8 +53,9 @@ def add_backend_argument(
             "--backend",
             type=backend_name,
             choices=BACKENDS,
-            default="onnxruntime",
-            help="aliases: ort, trt, ov",
+            default=None,
+            help="default: the runtime the bundle records (`xlsr-edge optimize`: backend, threads, precision hint), "
+            "else onnxruntime; aliases: ort, trt, ov",
         )
     if openvino_flags:
         p.add_argument(
@@ -82,13 +83,13 @@ def add_backend_argument(
 
 def runner_options(args: argparse.Namespace) -> dict:
     """Backend-specific keywords for Recognizer.from_bundle (BackendOptions.from_keywords); refuses OpenVINO flags
-    with another backend."""
+    with another backend (no --backend: the bundle decides, and BackendOptions.resolve checks them then)."""
     hint, cache = getattr(args, "precision_hint", None), getattr(args, "cache_dir", None)
     backends = args.backend if isinstance(args.backend, list) else [args.backend]
     out: dict = {}
     if getattr(args, "trt_cache_dir", None) is not None:  # checked against the backend by BackendOptions
         out["trt_cache_dir"] = args.trt_cache_dir
-    if "openvino" not in backends:
+    if "openvino" not in backends and None not in backends:
         if hint is not None or cache is not None:
             raise XlsrEdgeError("--precision-hint and --cache-dir apply to --backend openvino")
         return out

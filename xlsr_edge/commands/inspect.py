@@ -89,6 +89,31 @@ def _precision_report(report: Any) -> list[str]:
         ) from exc
 
 
+def _runtime(record: dict[str, Any]) -> list[str]:
+    """bundle.json "runtime" (xlsr-edge optimize): the choice, where it was measured, every candidate; and whether
+    this CPU differs from that one (the runtime then warns and suggests optimize again)."""
+    from xlsr_edge.optimize.choose import table_lines
+    from xlsr_edge.runtime.cpu import read_cpuinfo
+    from xlsr_edge.runtime.tuned import TunedRuntime, mismatch
+
+    tuned = TunedRuntime.from_record(record)
+    measured = record.get("measured") if isinstance(record.get("measured"), dict) else {}
+    have = [k for k, v in tuned.instruction_sets.items() if v]
+    out = [
+        f"{'runtime':<{_LABEL}} {tuned.chosen or '?'}: {tuned.describe()} (the default of transcribe, eval, "
+        "stream, serve)",
+        f"{'':<{_LABEL}} measured on {tuned.cpu} ({tuned.arch}; {', '.join(have) or 'no listed ISA'}), "
+        f"{_num(measured.get('seconds'), 'g')} s of audio, batch 1, vs fp32 on onnxruntime side by side; "
+        f"gate on {measured.get('dev', '?')}",
+    ]
+    why = mismatch(tuned, read_cpuinfo())
+    if why:
+        out.append(f"{'':<{_LABEL}} this CPU differs ({why}): run `xlsr-edge optimize` here")
+    candidates = record.get("candidates") or []
+    out += [f"{'':<{_LABEL}} {line}" for line in table_lines(candidates)]
+    return out
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from xlsr_edge.bundle import read_manifest, verify_files
 
@@ -99,6 +124,7 @@ def _inspect(args: argparse.Namespace) -> int:
     data["verification"] = {c.path: c.status for c in checks}
     report = manifest.extra.get("precision_report")
     report_lines = _precision_report(report) if report is not None else []  # refuse before printing
+    runtime_lines = _runtime(manifest.runtime) if manifest.runtime is not None else []
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
@@ -130,6 +156,8 @@ def _inspect(args: argparse.Namespace) -> int:
             )
             _line("parity", _parity(manifest.parity, compared))
         for line in report_lines:
+            print(line)
+        for line in runtime_lines:
             print(line)
         if manifest.extra.get("engine") is not None:
             _line("engine", json.dumps(manifest.extra["engine"], ensure_ascii=False))

@@ -53,7 +53,7 @@ class EvalOptions:
     language: str | None = None  # for normalize_text (tr/az: dotted/dotless i)
     batch_size: int = DEFAULT_BATCH_SIZE
     threads: int | None = None
-    backend: str = "onnxruntime"
+    backend: str | None = None  # None: the runtime bundle.json records (xlsr-edge optimize), else onnxruntime
     providers: Sequence[str] | str | None = None
     # backend-specific runner keywords, e.g. {"precision_hint": "f32"} for openvino
     runner_options: dict[str, Any] = field(default_factory=dict)

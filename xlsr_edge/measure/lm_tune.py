@@ -85,7 +85,7 @@ class TuneOptions:
     language: str | None = None  # text normalization for scoring (tr/az: dotted/dotless i)
     batch_size: int = DEFAULT_BATCH_SIZE
     threads: int | None = None
-    backend: str = "onnxruntime"
+    backend: str | None = None  # None: the runtime bundle.json records (xlsr-edge optimize), else onnxruntime
     providers: Sequence[str] | str | None = None
     progress: bool = False  # a progress bar (a terminal); else one log line per stage, with times
 

@@ -65,12 +65,15 @@ def select_gate_set(
     return GateSet(utterances=picked, arrays=arrays, held_out=held_out)
 
 
-def graph_runner(path: Path, backend: str = DEFAULT_BACKEND, threads: int | None = None) -> Runner:
-    """A runner for a bare graph file on onnxruntime or OpenVINO (CPU precision hint, no compiled-model cache)."""
+def graph_runner(
+    path: Path, backend: str = DEFAULT_BACKEND, threads: int | None = None, precision_hint: str | None = None
+) -> Runner:
+    """A runner for a bare graph file on onnxruntime or OpenVINO (precision hint: the CPU's unless given; no
+    compiled-model cache)."""
     options = BackendOptions(
         backend,
         onnxruntime=OrtOptions(threads=threads),
-        openvino=OpenVinoOptions(threads=threads, cache_dir=None),
+        openvino=OpenVinoOptions(threads=threads, precision_hint=precision_hint or "auto", cache_dir=None),
     )
     return options.graph_runner(path)
 
@@ -82,12 +85,13 @@ def run_graph(
     threads: int | None = None,
     backend: str = DEFAULT_BACKEND,
     wrap: Callable[[Runner], Runner] | None = None,
+    precision_hint: str | None = None,
 ):
     """Logits (valid frames only) per utterance, batched like the runtime (unpadded for no-mask models).
 
     `wrap`: turns the graph's runner into a logits runner (a multi-language backbone plus one language's head)."""
     out: list[np.ndarray | None] = [None] * len(arrays)
-    runner = graph_runner(path, backend, threads)
+    runner = graph_runner(path, backend, threads, precision_hint)
     with wrap(runner) if wrap is not None else runner as active:
         for batch, logits in run_batches(
             active, arrays, batch_size=GATE_BATCH_SIZE, uses_mask=info.uses_attention_mask
@@ -112,15 +116,21 @@ def precision_gate(
     min_agreement: float,
     backend: str = DEFAULT_BACKEND,
     wrap: Callable[[Runner], Runner] | None = None,
+    precision_hint: str | None = None,
+    reference: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Compare the two graphs; returns the report with ``passed`` and ``failures`` (raises nothing).
 
     ``backend``: the engine that runs the converted graph (the fp32 reference always runs on onnxruntime), so
-    the gate measures what a deployment on OpenVINO (bf16 precision hint where the CPU has it) will see.
+    the gate measures what a deployment on OpenVINO (bf16 precision hint where the CPU has it, or
+    ``precision_hint``) will see. ``reference``: the fp32 graph's logits from ``run_graph`` when the caller
+    gates several candidates against it (xlsr-edge optimize), so they are computed once.
     """
     decoder = GreedyDecoder(Vocabulary.from_model_info(info))
-    ref = run_graph(fp32_path, info, gate.arrays, wrap=wrap)
-    cand = run_graph(candidate_path, info, gate.arrays, backend=backend, wrap=wrap)
+    ref = list(reference) if reference is not None else run_graph(fp32_path, info, gate.arrays, wrap=wrap)
+    cand = run_graph(
+        candidate_path, info, gate.arrays, backend=backend, wrap=wrap, precision_hint=precision_hint
+    )
     ref_text = [decoder.decode(x).text for x in ref]
     cand_text = [decoder.decode(x).text for x in cand]
     report: dict[str, Any] = {
@@ -129,6 +139,7 @@ def precision_gate(
         "max_abs_logit_diff": float(max(np.abs(x - y).max() for x, y in zip(ref, cand) if x.size)),
         "transcripts_changed": sum(a != b for a, b in zip(ref_text, cand_text)),
         "backend": backend,
+        **({"precision_hint": precision_hint} if precision_hint else {}),
         "criterion": None,
     }
     failures = []

@@ -11,7 +11,7 @@ using the shorthands (``backend``, ``providers``, ``threads`` and a backend's ru
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from xlsr_edge import limits
 from xlsr_edge.errors import XlsrEdgeError
 from xlsr_edge.runtime.openvino import OpenVinoRunner, check_precision_hint, default_cache_dir
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner, make_runner
+from xlsr_edge.runtime.tuned import runtime_defaults
 
 if TYPE_CHECKING:
     from xlsr_edge.bundle import BundleManifest
@@ -121,16 +122,19 @@ class OpenVinoOptions:
 @dataclass(frozen=True)
 class BackendOptions:
     """The engine that runs a bundle (``backend``: onnxruntime, openvino, tensorrt, or a name added with
-    ``runners.register_backend``, which gets ``extra`` as keywords) and the typed settings of each built-in one."""
+    ``runners.register_backend``, which gets ``extra`` as keywords) and the typed settings of each built-in one.
 
-    backend: str = DEFAULT_BACKEND
+    ``backend=None``: the bundle decides when it is loaded (``resolve``): the runtime `xlsr-edge optimize`
+    recorded in its bundle.json (backend, threads, OpenVINO hint; settings given here win), else onnxruntime."""
+
+    backend: str | None = DEFAULT_BACKEND
     onnxruntime: OrtOptions = field(default_factory=OrtOptions)
     openvino: OpenVinoOptions = field(default_factory=OpenVinoOptions)
     tensorrt: TrtOptions = field(default_factory=TrtOptions)
     extra: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.backend, str) or not self.backend:
+        if self.backend is not None and (not isinstance(self.backend, str) or not self.backend):
             raise ValueError(f"backend must be a backend's name, got {self.backend!r}")
         if isinstance(self.extra, dict):
             object.__setattr__(self, "extra", tuple(self.extra.items()))
@@ -138,7 +142,7 @@ class BackendOptions:
             names = ", ".join(k for k, _ in self.extra)
             raise TypeError(f"{names}: not a setting of the {self.backend} backend")
         if self.tensorrt.cache_dir is not None and not (
-            self.backend == ONNXRUNTIME and self.onnxruntime.uses_tensorrt
+            self.backend in (ONNXRUNTIME, None) and self.onnxruntime.uses_tensorrt
         ):
             raise XlsrEdgeError(
                 "--trt-cache-dir is where onnxruntime's TensorRT provider keeps its engines: it needs "
@@ -160,21 +164,21 @@ class BackendOptions:
         OpenVINO) and a backend's runner keywords (onnxruntime: ``trt_cache_dir``; openvino: ``precision_hint``,
         ``cache_dir``, ``device``; a registered backend: its own). ``providers``/``threads`` that the backend does
         not take are refused, or dropped when named in ``ignore_unused`` (the CLI's --providers defaults to cpu
-        whatever the backend; a Ray worker's threads are its CPUs)."""
-        backend = backend or DEFAULT_BACKEND
+        whatever the backend; a Ray worker's threads are its CPUs). ``backend`` None: the bundle decides when it
+        is loaded (``resolve``); the settings of onnxruntime and OpenVINO are both kept for it."""
         kw = dict(runner_kwargs)
-        if providers not in (None, "cpu") and backend != ONNXRUNTIME:
+        if providers not in (None, "cpu") and backend not in (ONNXRUNTIME, None):
             if "providers" not in ignore_unused:
                 raise XlsrEdgeError(f"--providers/--threads apply to the onnxruntime backend, not {backend}")
             providers = None
-        if threads is not None and backend not in (ONNXRUNTIME, OPENVINO):
+        if threads is not None and backend not in (ONNXRUNTIME, OPENVINO, None):
             if threads and "threads" not in ignore_unused:
                 raise XlsrEdgeError(f"--providers/--threads apply to the onnxruntime backend, not {backend}")
             threads = None
         ort, ov = OrtOptions(), OpenVinoOptions()
-        if backend == ONNXRUNTIME:
+        if backend in (ONNXRUNTIME, None):
             ort = OrtOptions(providers=providers, threads=threads)
-        elif backend == OPENVINO:
+        if backend in (OPENVINO, None):
             ov = OpenVinoOptions(threads=threads, **{k: kw.pop(k) for k in _OPENVINO_KEYWORDS if k in kw})
         trt = TrtOptions(cache_dir=kw.pop(_TRT_CACHE_KEYWORD, None))
         return cls(backend=backend, onnxruntime=ort, openvino=ov, tensorrt=trt, extra=tuple(kw.items()))
@@ -188,11 +192,34 @@ class BackendOptions:
 
     @property
     def takes_threads(self) -> bool:
-        return self.backend in (ONNXRUNTIME, OPENVINO)
+        return self.backend in (ONNXRUNTIME, OPENVINO, None)
+
+    def resolve(self, manifest: BundleManifest, bundle: Path) -> BackendOptions:
+        """These options with a backend: ``backend`` None takes the bundle's recorded runtime (runtime.tuned:
+        warns once on a CPU with other instruction sets than the one it was measured on), else onnxruntime;
+        threads and an OpenVINO hint given here win over the record's."""
+        if self.backend is not None:
+            return self
+        threads = self.onnxruntime.threads if self.onnxruntime.threads is not None else self.openvino.threads
+        hint = self.openvino.precision_hint
+        given = {} if hint == "auto" else {"precision_hint": hint}
+        backend, threads, kw = runtime_defaults(
+            manifest.runtime, bundle, backend=None, threads=threads, runner_kwargs=given
+        )
+        if given and backend != OPENVINO:
+            raise XlsrEdgeError(f"--precision-hint applies to --backend openvino; {bundle} runs on {backend}")
+        return replace(
+            self,
+            backend=backend,
+            onnxruntime=replace(self.onnxruntime, threads=threads),
+            openvino=replace(self.openvino, threads=threads, **kw),
+        )
 
     def make_runner(self, bundle: Path, manifest: BundleManifest) -> Runner:
         """The runner (not yet activated) for a loaded bundle folder."""
         bundle = Path(bundle)
+        if self.backend is None:
+            return self.resolve(manifest, bundle).make_runner(bundle, manifest)
         if self.backend == TENSORRT:
             return self.tensorrt.make_runner(bundle, manifest)
         if self.backend in (ONNXRUNTIME, OPENVINO):
@@ -202,7 +229,7 @@ class BackendOptions:
 
     def graph_runner(self, graph: Path) -> Runner:
         """A runner for a bare ONNX file (the precision gate's graphs): onnxruntime or OpenVINO only."""
-        if self.backend == ONNXRUNTIME:
+        if self.backend in (ONNXRUNTIME, None):  # a bare graph has no recorded runtime
             return self.onnxruntime.make_runner(graph, self.tensorrt)
         if self.backend == OPENVINO:
             return self.openvino.make_runner(graph)

@@ -469,7 +469,8 @@ def load_recognizer(
     lid_threshold: float | None = None,
     below_threshold: str | None = None,
 ) -> Recognizer:
-    """Verify the bundle (schema, hashes), build its runner (`backend_options`, default onnxruntime on the CPU)
+    """Verify the bundle (schema, hashes), build its runner (`backend_options`; default: the runtime bundle.json
+    records (`xlsr-edge optimize`), else onnxruntime on the CPU)
     and the Recognizer its kind needs, with the decoder (options or a Decoder).
 
     Multi-language bundles give a MultiRecognizer (runtime.multilang): `language` forces a head, otherwise
@@ -482,7 +483,8 @@ def load_recognizer(
     from xlsr_edge.lm.weights import with_tuned_weights
 
     decoder = with_tuned_weights(decoder)  # BeamOptions with an LM: the weights `lm tune` stored for it
-    runner = (backend_options or BackendOptions()).make_runner(folder, manifest).activate()
+    # no backend given: the runtime `xlsr-edge optimize` recorded in bundle.json, else onnxruntime (runtime.tuned)
+    runner = (backend_options or BackendOptions(backend=None)).make_runner(folder, manifest).activate()
     try:
         return _recognizer_class(manifest.extra.get("kind")).create(
             folder,

@@ -68,7 +68,7 @@ class JobOptions:
     format: str = "parquet"
     resume: bool = False
     ship_bundle: bool = False
-    backend: str = "onnxruntime"
+    backend: str | None = None  # None: the runtime bundle.json records (xlsr-edge optimize), else onnxruntime
     providers: str | None = "cpu"
     decoder: Any = None
     language: str | None = None
@@ -473,7 +473,7 @@ class RayRecognizer:
         cluster: ClusterOptions,
         pool: PoolOptions,
         ship_bundle: bool = False,
-        backend: str = "onnxruntime",
+        backend: str | None = None,
         providers: str | None = "cpu",
         decoder: Any = None,
         language: str | None = None,
@@ -506,7 +506,7 @@ class RayRecognizer:
     def factory(cls, *, cluster: ClusterOptions, pool: PoolOptions, ship_bundle: bool = False) -> Callable:
         """A callable with Recognizer.from_bundle's keywords (what EvalOptions.recognizer takes)."""
 
-        def make(bundle, *, backend="onnxruntime", providers=None, threads=None, decoder=None, **kwargs):
+        def make(bundle, *, backend=None, providers=None, threads=None, decoder=None, **kwargs):
             p = pool if threads is None else replace(pool, cpus_per_worker=max(pool.cpus_per_worker, threads))
             return cls(
                 bundle,

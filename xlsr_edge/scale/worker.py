@@ -138,7 +138,7 @@ def resolve_bundle(source: BundleSource) -> Path:
 @dataclass(frozen=True)
 class WorkerConfig:
     bundle: BundleSource
-    backend: str = "onnxruntime"
+    backend: str | None = None  # None: the runtime bundle.json records (xlsr-edge optimize), else onnxruntime
     providers: str | None = "cpu"
     threads: int | None = None
     decoder: Any = None  # GreedyOptions | BeamOptions (the LM path must exist on every node)
