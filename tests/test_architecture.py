@@ -482,7 +482,6 @@ def test_the_padding_share_and_the_no_mask_rule_live_in_one_place_each() -> None
 # runner). Modules not yet moved onto BackendOptions, each with why:
 BACKEND_DISPATCH_HOME = "xlsr_edge.runtime.backend_options"
 BACKEND_DISPATCH_PENDING = {
-    "xlsr_edge.measure.bench_engines": "bench adopts BackendOptions after its split",
     "xlsr_edge.optimize": "being written beside this rule (issue on `xlsr-edge optimize`)",
     "xlsr_edge.precision.convert": "reads a gate report's backend field for its wording, runs nothing",
 }

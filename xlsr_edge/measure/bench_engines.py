@@ -81,14 +81,16 @@ class EngineSpec:
 class _BundleEngine:
     def __init__(self, spec: EngineSpec) -> None:
         from xlsr_edge.runtime import Recognizer
+        from xlsr_edge.runtime.backend_options import BackendOptions
 
-        self.rec = Recognizer.from_bundle(
-            spec.path,
-            backend=spec.backend,
-            providers=spec.providers if spec.backend == "onnxruntime" else None,
+        options = BackendOptions.from_keywords(
+            spec.backend,
+            providers=spec.providers,
             threads=spec.threads,
+            ignore_unused=("providers", "threads"),
             **dict(spec.options),
         )
+        self.rec = Recognizer.from_bundle(spec.path, backend_options=options)
         actual = getattr(self.rec.runner, "actual_precision", None)
         self.detail = {"inference_precision": actual()} if actual else {}
         self.do_normalize = self.rec.info.do_normalize
