@@ -544,3 +544,47 @@ def test_issue_22_rules_can_fail(tmp_path: Path) -> None:
     assert backend_name_comparisons(pkg) == [
         "xlsr_edge.precision.gate:4 compares a backend with 'onnxruntime'"
     ]
+
+
+def library_output_violations(root: Path) -> list[str]:
+    """Library modules (all but the CLI, its commands and module entry points) log through logging: no print()
+    calls and no handlers installed (faster-whisper's rule: the application decides where output goes)."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        name = path.relative_to(root).as_posix()
+        if name == "cli.py" or name.startswith("commands/") or path.name == "__main__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        in_main = {
+            id(n)
+            for node in tree.body
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or id(node) in in_main:
+                continue
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if called in ("print", "addHandler", "basicConfig"):
+                out.append(f"{rel}:{node.lineno} calls {called}()")
+    return out
+
+
+def test_library_code_logs_and_only_the_cli_installs_a_handler() -> None:
+    assert library_output_violations(PACKAGE) == []
+
+
+def test_library_output_rule_can_fail(tmp_path: Path) -> None:
+    pkg = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "lib.py": "import logging\ndef f():\n    print('x')\n    logging.basicConfig()\n",
+            "tool.py": "def main():\n    pass\nif __name__ == '__main__':\n    print('ok')\n",
+        },
+    )
+    found = library_output_violations(pkg)
+    assert any("lib.py:3 calls print()" in v for v in found) and any("basicConfig" in v for v in found)
+    assert not any("tool.py" in v for v in found)
