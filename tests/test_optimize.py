@@ -18,9 +18,11 @@ from xlsr_edge.optimize.choose import (
     FAILED_GATE,
     NOT_MEASURED,
     PASSED,
+    SLOWER,
     Budget,
     Outcome,
     Speed,
+    cannot_win,
     choose,
     cut_by_budget,
     finalists,
@@ -117,7 +119,7 @@ def outcome(c, status, ratio=None, rss=1000.0, final=None, delta=0.0, reason=Non
         o.speed = Speed(audio_s_per_s=ratio * 3, vs_fp32=ratio, peak_rss_mb=rss)
     if final is not None:
         o.final = Speed(audio_s_per_s=final * 3, vs_fp32=final, peak_rss_mb=rss)
-    if status != CRASHED:  # a crash comes before (or instead of) the gate
+    if status not in (CRASHED, SLOWER):  # a crash or a slower candidate has no gate result
         o.gate = {"cer_delta_points": delta, "argmax_agreement": 0.99, "passed": status != FAILED_GATE}
     return o
 
@@ -150,6 +152,19 @@ def test_the_final_round_decides_and_a_tie_goes_to_the_smaller_peak_rss():
     assert choose(outs).candidate == ORT  # faster side by side, though slower in screening
     tie = [outcome(REF, PASSED, 1.0), outcome(OV, PASSED, 3.0, rss=2000), outcome(ORT, PASSED, 2.97, rss=900)]
     assert choose(tie).candidate == ORT
+
+
+def test_a_candidate_that_cannot_win_is_not_gated():
+    outs = [outcome(REF, PASSED, 1.0), outcome(OV, PASSED, 3.7)]
+    assert "slower than int8+fe @ openvino bf16 (3.70x fp32)" in cannot_win(Speed(6.0, 2.0), outs)
+    assert cannot_win(Speed(10.5, 3.5), outs) is None  # within the final round's margin: gate it
+    assert "warm-up call" in cannot_win(Speed(0.9, 0.3, cut=True), [outs[0]])
+    assert cannot_win(Speed(3.0, 1.0), [outcome(FAST_BAD, FAILED_GATE, None)]) is None
+    slow = outcome(ORT, SLOWER, 2.0, reason="slower than int8+fe @ openvino bf16 (3.70x fp32), which passed")
+    assert choose([*outs, slow]).candidate == OV
+    lines = table_lines(record_for([*outs, slow])["candidates"])
+    assert any(x.startswith("int8-dynamic+fe @ onnxruntime") and "2.00x" in x for x in lines)
+    assert any(x.startswith("slower: int8-dynamic+fe @ onnxruntime: slower than") for x in lines)
 
 
 def test_nothing_passing_chooses_the_fp32_reference():

@@ -4,7 +4,9 @@ passes; the budget; the table; the record that ``bundle.json`` keeps under ``"ru
 Pure functions of recorded measurements (the tests feed them), no clock but the one ``Budget`` is given.
 
 * Screening gives each candidate a speed ratio to fp32 on onnxruntime, measured in alternation with it
-  (``measure``), so a load change on the machine hits both sides of the ratio alike.
+  (``measure``), so a load change on the machine hits both sides of the ratio alike. A candidate slower than
+  one that already passed (beyond ``FINAL_MARGIN``), or cut short as far slower than fp32, is not gated
+  (``cannot_win``): the gate decodes the whole dev set, and it could not be chosen anyway.
 * The finalists (passing candidates within ``FINAL_MARGIN`` of the best ratio, at most ``FINALISTS``) are timed
   again in one interleaved round; the choice is the fastest there, a tie (within ``TIE``) goes to the smaller
   peak RSS. A candidate that failed the gate, crashed or was not measured is never chosen; the reference
@@ -28,6 +30,7 @@ PASSED, FAILED_GATE, CRASHED, NOT_MEASURED, SKIPPED = (
     "not measured",
     "skipped",
 )
+SLOWER = "slower"  # timed, but slower than a candidate that passed (or than SLOW x fp32): not gated
 FINALISTS = 3
 FINAL_MARGIN = 0.15  # screening ratios within 15 % of the best are re-timed side by side
 TIE = 0.02  # final speeds within 2 %: the smaller peak RSS wins
@@ -42,6 +45,7 @@ class Speed:
     peak_rss_mb: float | None = None
     load_s: float | None = None
     samples: int = 0
+    cut: bool = False  # one warm-up call only: it was already far slower than the reference
 
 
 @dataclass
@@ -93,6 +97,21 @@ def cut_by_budget(outcomes: Sequence[Outcome], budget: Budget) -> list[Outcome]:
 
 def passed(outcomes: Iterable[Outcome]) -> list[Outcome]:
     return [o for o in outcomes if o.status == PASSED and o.speed is not None]
+
+
+def cannot_win(speed: Speed, outcomes: Sequence[Outcome], margin: float = FINAL_MARGIN) -> str | None:
+    """Why a timed candidate need not be gated: cut short as far slower than fp32, or slower than a candidate
+    that already passed by more than the final round's margin (it could not be chosen). None: gate it."""
+    if speed.cut:
+        return f"{speed.vs_fp32:.2f}x fp32 on its warm-up call: not timed further, not gated"
+    ok = passed(outcomes)
+    if not ok:
+        return None
+    best = max(ok, key=lambda o: o.speed.vs_fp32)  # type: ignore[union-attr]
+    ratio = best.speed.vs_fp32  # type: ignore[union-attr]
+    if speed.vs_fp32 < ratio * (1 - margin):
+        return f"slower than {best.name} ({ratio:.2f}x fp32), which passed: not gated"
+    return None
 
 
 def finalists(outcomes: Sequence[Outcome], k: int = FINALISTS, margin: float = FINAL_MARGIN) -> list[Outcome]:
@@ -192,7 +211,7 @@ def table_lines(candidates: Sequence[Mapping[str, Any]]) -> list[str]:
             f"  {_fmt(c.get('size_mb'), '8.1f'):>8}{mark}"
         )
     for c in candidates:
-        if isinstance(c, Mapping) and c.get("vs_fp32") is None:
+        if isinstance(c, Mapping) and c.get("status") not in (PASSED, "chosen"):
             delta = c.get("cer_delta_points")
             fig = f" (CER Δ {delta:+.2f} pts)" if isinstance(delta, int | float) else ""
             out.append(

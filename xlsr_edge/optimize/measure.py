@@ -5,6 +5,9 @@ model call, on exactly ``seconds`` of audio, batch 1) and the rounds are its ``i
 on onnxruntime stays loaded for the whole run; each candidate is warmed up, then timed in alternation with it
 (``repeat`` rounds), so its ratio compares two figures taken under the same load: the machine may be shared.
 ``final_round`` times the finalists and the reference together, all loaded at once, in interleaved rounds.
+
+A candidate whose warm-up call is already slower than ``SLOW`` x the reference's is not timed further (one
+sample; ``Speed.cut``): it cannot win, and such engines (OpenVINO's f16 hint on some graphs) can take minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from xlsr_edge.optimize.choose import Speed
 
 logger = logging.getLogger(__name__)
 REFERENCE = "fp32 reference"
+SLOW = 2.0  # warm-up call slower than this x the reference's: not timed further
 
 
 @dataclass(frozen=True)
@@ -57,14 +61,16 @@ class SideBySide:
         self.sample_rate = sample_rate
         self.base = load_source_audio(audio, sample_rate, max_seconds=max(60.0, 2 * seconds))
         self.ref = self._start(Engine(REFERENCE, Path(reference)))
+        self.ref_samples: list[float] = [self.ref.info["warm_seconds"]]
 
     def _start(self, engine: Engine) -> EngineProcess:
         proc = EngineProcess(engine.spec(self.threads), self.base, self.sample_rate)
         try:
-            reply = {"peak_rss_bytes": proc.info.get("peak_rss_bytes")}
-            for _ in range(self.warmup):
+            reply = {"peak_rss_bytes": proc.info.get("peak_rss_bytes"), "seconds": None}
+            for _ in range(max(1, self.warmup)):  # at least one: its time decides whether to go on
                 reply = proc.run(1, self.seconds)
             proc.info["warm_peak_rss_bytes"] = reply["peak_rss_bytes"]
+            proc.info["warm_seconds"] = reply["seconds"]
         except BaseException:
             proc.close()
             raise
@@ -80,6 +86,7 @@ class SideBySide:
             warmup=0,
             self_timed=True,
         )
+        self.ref_samples += samples[REFERENCE]
         ref = summarize(samples[REFERENCE])["p50"]
         out = {
             REFERENCE: Speed(
@@ -101,10 +108,21 @@ class SideBySide:
             )
         return out
 
-    def measure(self, engine: Engine) -> Speed:
-        """Warm-up, then ``repeat`` rounds of (reference, candidate) in alternating order."""
+    def measure(self, engine: Engine, slow: float | None = SLOW) -> Speed:
+        """Warm-up, then ``repeat`` rounds of (reference, candidate) in alternating order; a warm-up call slower
+        than ``slow`` x the reference's median ends it there (``Speed.cut``)."""
         proc = self._start(engine)
         try:
+            warm, ref = proc.info["warm_seconds"], summarize(self.ref_samples)["p50"]
+            if slow is not None and warm > slow * ref:
+                return Speed(
+                    audio_s_per_s=self.seconds / warm,
+                    vs_fp32=ref / warm,
+                    peak_rss_mb=mib(proc.info.get("warm_peak_rss_bytes")),
+                    load_s=proc.info.get("load_s"),
+                    samples=1,
+                    cut=True,
+                )
             return self._speeds({engine.label: proc}, self.repeat)[engine.label]
         finally:
             proc.close()
@@ -112,6 +130,7 @@ class SideBySide:
     def reference_speed(self) -> Speed:
         """The reference's own figures (ratio 1 by definition), from a short round of its own."""
         xs = [self.ref.run(1, self.seconds)["seconds"] for _ in range(max(1, self.repeat))]
+        self.ref_samples += xs
         p50 = summarize(xs)["p50"]
         return Speed(
             audio_s_per_s=self.seconds / p50,

@@ -5,9 +5,10 @@
 2. Export the fp32 graph (and, for the FeatureEncoder variants, the channels-last one), each checked against
    PyTorch by the parity gate; then the model is dropped (memory for the engines).
 3. For each candidate in ``candidates.plan`` order, until ``--budget-minutes`` is spent: convert its graph (once
-   per graph variant, into a bundle folder of the scratch space), run the accuracy gate against the fp32
-   graph's logits (computed once) on the candidate's own backend and hint, and if it passes time it side by
-   side with the fp32 reference (``measure``). A crash (conversion, load, run) is recorded with its message.
+   per graph variant, into a bundle folder of the scratch space), time it side by side with the fp32 reference
+   (``measure``), and where it could still be chosen (not slower than one that passed) run the accuracy gate
+   against the fp32 graph's logits (computed once) on the candidate's own backend and hint. A crash
+   (conversion, load, run) is recorded with its message.
 4. Re-time the finalists together, choose (``choose``), and write the chosen variant's files with
    ``bundle.json`` + ``"runtime"`` through ``atomic_output``; ``--keep-candidates DIR`` also keeps every
    variant bundle (to re-measure them with `xlsr-edge bench`).
@@ -44,8 +45,10 @@ from xlsr_edge.optimize.choose import (
     CRASHED,
     FAILED_GATE,
     PASSED,
+    SLOWER,
     Budget,
     Outcome,
+    cannot_win,
     choose,
     cut_by_budget,
     finalists,
@@ -301,8 +304,10 @@ def _describe_outcome(o: Outcome) -> str:
     )
 
 
-def _run_candidate(o: Outcome, variants: _Variants, bench, gate_args: dict) -> None:
-    """Convert (once per variant), gate, time: fills ``o`` (status, reason, gate, speed, size)."""
+def _run_candidate(o: Outcome, outcomes: list[Outcome], variants: _Variants, bench, gate_args: dict) -> None:
+    """Convert (once per variant), time beside fp32, gate where it could still be chosen: fills ``o`` (status,
+    reason, speed, gate, size). The gate decodes the whole dev set on the candidate's engine: timing first
+    spares it for candidates that cannot win."""
     from xlsr_edge.measure.timing import folder_size_bytes
     from xlsr_edge.optimize.measure import Engine
     from xlsr_edge.precision.gate import precision_gate
@@ -314,6 +319,11 @@ def _run_candidate(o: Outcome, variants: _Variants, bench, gate_args: dict) -> N
         if c.is_reference:
             o.speed = bench.reference_speed()
             o.status = PASSED
+            return
+        o.speed = bench.measure(Engine(c.name, folder, c.backend, c.precision_hint))
+        why = cannot_win(o.speed, outcomes)
+        if why:
+            o.status, o.reason = SLOWER, why
             return
         o.gate = precision_gate(
             gate_args["fp32"],
@@ -329,7 +339,6 @@ def _run_candidate(o: Outcome, variants: _Variants, bench, gate_args: dict) -> N
         if not o.gate["passed"]:
             o.status, o.reason = FAILED_GATE, "; ".join(o.gate["failures"])
             return
-        o.speed = bench.measure(Engine(c.name, folder, c.backend, c.precision_hint))
         o.status = PASSED
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -450,7 +459,7 @@ def optimize(checkpoint: str | Path, out: str | Path, options: OptimizeOptions) 
                     for left in cut_by_budget(outcomes, budget):
                         stage(f"not measured {left.name}: {left.reason}")
                     break
-                _run_candidate(o, variants, bench, gate_args)
+                _run_candidate(o, outcomes, variants, bench, gate_args)
                 stage(f"[{i}/{len(outcomes)}] {o.name}: {_describe_outcome(o)}")
             _final_round(outcomes, variants, bench, stage)
         choice = choose(outcomes)
