@@ -139,7 +139,7 @@ def recorded() -> list[Outcome]:
 def test_the_fastest_passing_candidate_is_chosen_never_a_failed_or_crashed_one():
     outs = recorded()
     assert choose(outs).candidate == OV
-    assert [o.candidate for o in finalists(outs)] == [OV]  # ORT's 2.5 is not within 15 % of 3.7
+    assert [o.candidate for o in finalists(outs)] == [OV]  # ORT's 2.5 is not within 25 % of 3.7
 
 
 def test_the_final_round_decides_and_a_tie_goes_to_the_smaller_peak_rss():

@@ -6,8 +6,9 @@ on onnxruntime stays loaded for the whole run; each candidate is warmed up, then
 (``repeat`` rounds), so its ratio compares two figures taken under the same load: the machine may be shared.
 ``final_round`` times the finalists and the reference together, all loaded at once, in interleaved rounds.
 
-A candidate whose warm-up call is already slower than ``SLOW`` x the reference's is not timed further (one
-sample; ``Speed.cut``): it cannot win, and such engines (OpenVINO's f16 hint on some graphs) can take minutes.
+A candidate whose warm-up calls are already slower than ``SLOW`` x the reference's is not timed further
+(``Speed.cut``): it cannot win, and such engines (OpenVINO's f16 hint on some graphs) can take minutes. A slow
+first call gets a second one first (OpenVINO compiles kernels for a new input shape on its first call).
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ class SideBySide:
         proc = EngineProcess(engine.spec(self.threads), self.base, self.sample_rate)
         try:
             reply = {"peak_rss_bytes": proc.info.get("peak_rss_bytes"), "seconds": None}
+            calls = []
             for _ in range(max(1, self.warmup)):  # at least one: its time decides whether to go on
                 reply = proc.run(1, self.seconds)
+                calls.append(reply["seconds"])
             proc.info["warm_peak_rss_bytes"] = reply["peak_rss_bytes"]
-            proc.info["warm_seconds"] = reply["seconds"]
+            proc.info["warm_seconds"] = min(calls)
         except BaseException:
             proc.close()
             raise
@@ -113,7 +116,12 @@ class SideBySide:
         than ``slow`` x the reference's median ends it there (``Speed.cut``)."""
         proc = self._start(engine)
         try:
-            warm, ref = proc.info["warm_seconds"], summarize(self.ref_samples)["p50"]
+            ref = summarize(self.ref_samples)["p50"]
+            if slow is not None and proc.info["warm_seconds"] > slow * ref and self.warmup < 2:
+                proc.info["warm_seconds"] = min(
+                    proc.info["warm_seconds"], proc.run(1, self.seconds)["seconds"]
+                )
+            warm = proc.info["warm_seconds"]
             if slow is not None and warm > slow * ref:
                 return Speed(
                     audio_s_per_s=self.seconds / warm,
@@ -127,10 +135,14 @@ class SideBySide:
         finally:
             proc.close()
 
-    def reference_speed(self) -> Speed:
-        """The reference's own figures (ratio 1 by definition), from a short round of its own."""
-        xs = [self.ref.run(1, self.seconds)["seconds"] for _ in range(max(1, self.repeat))]
+    def reference_speed(self, rounds: int | None = None) -> Speed:
+        """The reference's own figures (ratio 1 by definition): the median of every call it made so far, after
+        ``rounds`` more calls (default ``repeat``)."""
+        xs = [
+            self.ref.run(1, self.seconds)["seconds"] for _ in range(self.repeat if rounds is None else rounds)
+        ]
         self.ref_samples += xs
+        xs = self.ref_samples
         p50 = summarize(xs)["p50"]
         return Speed(
             audio_s_per_s=self.seconds / p50,
@@ -146,7 +158,7 @@ class SideBySide:
         try:
             for e in engines:
                 procs[e.label] = self._start(e)
-            return self._speeds(procs, repeat or self.repeat)
+            return self._speeds(procs, repeat or 2 * self.repeat)  # it decides: twice the screening rounds
         finally:
             for p in procs.values():
                 p.close()

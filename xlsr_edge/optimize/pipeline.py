@@ -462,6 +462,8 @@ def optimize(checkpoint: str | Path, out: str | Path, options: OptimizeOptions) 
                 _run_candidate(o, outcomes, variants, bench, gate_args)
                 stage(f"[{i}/{len(outcomes)}] {o.name}: {_describe_outcome(o)}")
             _final_round(outcomes, variants, bench, stage)
+            ref = next(o for o in outcomes if o.candidate.is_reference)
+            ref.speed = bench.reference_speed(rounds=0)  # its figures over every call it made
         choice = choose(outcomes)
         record = runtime_record(
             choice,
