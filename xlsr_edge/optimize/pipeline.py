@@ -212,7 +212,8 @@ class _Variants:
             )
             tmp = self.work / f".{slug(g.name)}.onnx"
             method = convert_graph(src, tmp, self.ckpt.info, settings, self.calib)
-            report = precision_report(g.precision, method, tmp, graph_bytes(src), self.calib, self.ckpt.info)
+            calib = self.calib if g.precision == "int8" else None  # only static int8 reads it
+            report = precision_report(g.precision, method, tmp, graph_bytes(src), calib, self.ckpt.info)
             report["sizes"]["external_data"] = save_graph(
                 onnx.load(str(tmp)), folder / MODEL_ONNX, MODEL_ONNX_DATA
             )
