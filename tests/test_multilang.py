@@ -134,7 +134,7 @@ def test_lid_threshold_argument_takes_a_probability_or_auto(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse: usage + one error line, exit 2
         export_main(["--multi", "tr=x", "--lid-threshold", "high", "-o", str(tmp_path / "b")])
     assert exc.value.code == 2
-    assert "error: argument --lid-threshold: expected a probability or 'auto'" in capsys.readouterr().err
+    assert "error: --lid-threshold must be a probability or 'auto', got 'high'" in capsys.readouterr().err
 
 
 def test_router_below_threshold_policies(shared_bundle, speech_dir):

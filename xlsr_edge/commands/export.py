@@ -184,9 +184,13 @@ def _add_multi_arguments(ap: argparse.ArgumentParser) -> None:
 
 def _threshold(value: str) -> float | None:
     """--lid-threshold: a probability, or 'auto' (None: calibrated on the held-out --lid-data split)."""
-    if value == "auto":
+    if value.strip().lower() == "auto":
         return None
-    return limits.float_in(0.0, 1.0)(value)
+    try:
+        float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a probability or 'auto', got {value!r}") from None
+    return limits.float_in(0.0, 1.0, hint="a probability, or 'auto'")(value)
 
 
 def parse_pairs(items: Sequence[str] | None, what: str) -> dict[str, Path]:
