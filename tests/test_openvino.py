@@ -345,3 +345,42 @@ def test_the_accuracy_gate_can_run_the_converted_graph_on_openvino(tiny_ckpt, tm
     assert gate["backend"] == "openvino" and gate["passed"]
     assert main(["inspect", str(out)]) == 0
     assert "int8 graph run on openvino" in capsys.readouterr().out
+
+
+def _group_conv_graph(path, channels_per_group: int, groups: int = 4):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = channels_per_group * groups
+    w = np.zeros((c, channels_per_group, 5), dtype=np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=groups, pads=[2, 2], kernel_shape=[5])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_auto_hint_on_amx_keeps_f32_for_narrow_grouped_convolutions(tmp_path):
+    """OpenVINO's AMX bf16 grouped convolution is wrong below 13 channels per group (the demo model has 12)."""
+    ov = pytest.importorskip("openvino")
+    from xlsr_edge.runtime.openvino import amx_safe_hint, narrow_group_convolutions
+
+    core = ov.Core()
+    narrow = narrow_group_convolutions(core.read_model(str(_group_conv_graph(tmp_path / "a.onnx", 12))))
+    assert len(narrow) == 1
+    assert narrow_group_convolutions(core.read_model(str(_group_conv_graph(tmp_path / "b.onnx", 16)))) == []
+    amx = {"avx512_bf16", "amx_bf16"}
+    hint, warning = amx_safe_hint("auto", "bf16", amx, narrow)
+    assert hint == "f32" and "--precision-hint f32" in warning
+    hint, warning = amx_safe_hint("bf16", "bf16", amx, narrow)
+    assert hint == "bf16" and "expect wrong transcripts" in warning
+    assert amx_safe_hint("auto", "bf16", {"avx512_bf16"}, narrow) == (
+        "bf16",
+        None,
+    )  # no AMX: its kernel is right
+    assert amx_safe_hint("auto", "bf16", amx, []) == ("bf16", None)

@@ -291,9 +291,9 @@ def _gate_inputs(options: OptimizeOptions, info, needs_calibration: bool):
 def _describe_outcome(o: Outcome) -> str:
     g = o.gate or {}
     cer = f"CER Δ {g['cer_delta_points']:+.2f} pts" if "cer_delta_points" in g else ""
-    if o.status != PASSED:
-        return f"{o.status}: {o.reason}"
     s = o.speed
+    if o.status != PASSED:
+        return f"{o.status}" + (f" ({s.vs_fp32:.2f}x fp32)" if s else "") + f": {o.reason}"
     return ", ".join(
         x
         for x in (

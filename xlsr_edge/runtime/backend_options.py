@@ -207,7 +207,8 @@ class BackendOptions:
             manifest.runtime, bundle, backend=None, threads=threads, runner_kwargs=given
         )
         if given and backend != OPENVINO:
-            raise XlsrEdgeError(f"--precision-hint applies to --backend openvino; {bundle} runs on {backend}")
+            # the same words as with an explicit --backend (the bundle records no OpenVINO runtime)
+            raise XlsrEdgeError("--precision-hint and --cache-dir apply to --backend openvino")
         return replace(
             self,
             backend=backend,

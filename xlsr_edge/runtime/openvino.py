@@ -7,7 +7,8 @@ exactly like onnxruntime, so a padded batch gives the same transcripts as each c
 * Inference precision hint (the precision of everything that is not int8): ``bf16`` where the CPU has
   AMX-BF16 or AVX512-BF16, ``f16`` on ARM with fp16 arithmetic (``fphp``/``asimdhp``), ``f32`` elsewhere
   (``choose_precision_hint``, a pure function of the CPU flags of ``xlsr_edge.runtime.cpu``);
-  ``precision_hint="f32"`` (``--precision-hint f32``) forces full precision.
+  ``precision_hint="f32"`` (``--precision-hint f32``) forces full precision. On AMX, ``auto`` keeps f32 for a
+  graph with narrow grouped convolutions (``AMX_BF16_MIN_GROUP_CHANNELS``: OpenVINO's bf16 kernel is wrong there).
 * Threads: ``INFERENCE_NUM_THREADS``; one stream and the latency hint (one request at a time, all threads on it);
   threads are not pinned to cores (``ENABLE_CPU_PINNING`` off: on a machine that also runs other work, decoding
   included, a pinned thread waits for its busy core; measured 7 % faster unpinned at 2 threads under load, the
@@ -21,6 +22,7 @@ No torch here: this module is part of the runtime.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -41,6 +43,45 @@ from xlsr_edge.runtime.runners import Runner, graph_feeds, register_backend
 
 OPENVINO_EXTRA = "openvino"
 PRECISION_HINTS = ("auto", "bf16", "f32", "f16")
+logger = logging.getLogger(__name__)
+# OpenVINO's bf16 grouped convolution on AMX computes wrong values when a group has few input channels (OpenVINO
+# 2026.4 on an AMX Xeon: 4, 8 and 12 channels per group off by ~100 %, 15, 16, 17, 20 ... 64 right): the demo
+# model's positional conv (192 channels in 16 groups) took its CER from 3.9 % to 48 %; XLS-R's (1024 in 16) is
+# right. On AMX, `auto` gives such graphs f32 math (docs/precision.md).
+AMX_BF16_MIN_GROUP_CHANNELS = 13
+
+
+def narrow_group_convolutions(model) -> list[str]:
+    """The GroupConvolution ops of an ``ov.Model`` with fewer than AMX_BF16_MIN_GROUP_CHANNELS input channels per
+    group (weights [groups, out/group, in/group, kernel...])."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "GroupConvolution":
+            continue
+        shape = op.input(1).get_partial_shape()
+        if (
+            shape.rank.is_static
+            and shape[2].is_static
+            and shape[2].get_length() < AMX_BF16_MIN_GROUP_CHANNELS
+        ):
+            out.append(op.get_friendly_name())
+    return out
+
+
+def amx_safe_hint(
+    requested: str, resolved: str, flags: Iterable[str], narrow: list[str]
+) -> tuple[str, str | None]:
+    """(hint, warning or None): ``auto`` that resolved to bf16 on an AMX CPU becomes f32 for a graph with narrow
+    grouped convolutions; an explicit bf16 stays, with a warning."""
+    if resolved != "bf16" or "amx_bf16" not in frozenset(flags) or not narrow:
+        return resolved, None
+    what = (
+        f"OpenVINO's bf16 grouped convolution on AMX is wrong for groups of fewer than "
+        f"{AMX_BF16_MIN_GROUP_CHANNELS} channels ({', '.join(narrow[:2])})"
+    )
+    if requested == "auto":
+        return "f32", f"{what}: running this graph with --precision-hint f32"
+    return resolved, f"{what}, and --precision-hint bf16 was asked for: expect wrong transcripts"
 
 
 def choose_precision_hint(flags: Iterable[str]) -> str:
@@ -99,6 +140,7 @@ class OpenVinoRunner(Runner):
         super().__init__()
         self.model_path = Path(model_path)
         self.threads = threads
+        self.requested_hint = check_precision_hint(precision_hint)
         self.precision_hint = resolve_precision_hint(precision_hint)
         self.cache_dir = (
             default_cache_dir() if cache_dir == _AUTO else (Path(cache_dir) if cache_dir else None)
@@ -134,7 +176,18 @@ class OpenVinoRunner(Runner):
                 ) from exc
         try:
             core = ov.Core()
-            self.compiled = core.compile_model(str(self.model_path), self.device, self.config())
+            model: Any = str(self.model_path)
+            flags = cpu_flags()
+            if (
+                self.precision_hint == "bf16" and "amx_bf16" in flags
+            ):  # read it first: see AMX_BF16_MIN_GROUP_CHANNELS
+                model = core.read_model(model)
+                self.precision_hint, warning = amx_safe_hint(
+                    self.requested_hint, self.precision_hint, flags, narrow_group_convolutions(model)
+                )
+                if warning:
+                    logger.warning("warning: %s: %s", self.model_path, warning)
+            self.compiled = core.compile_model(model, self.device, self.config())
         except Exception as exc:  # openvino raises RuntimeError subclasses for unreadable graphs/settings
             raise XlsrEdgeError(f"openvino cannot load {self.model_path}: {exc}") from exc
         self.uses_mask = ATTENTION_MASK in {n for i in self.compiled.inputs for n in i.get_names()}
