@@ -63,6 +63,14 @@ test: $(PY)
 lint: $(PY)
 	$(PY) -m ruff check xlsr_edge tests benchmarks scripts examples
 	$(PY) -m ruff format --check xlsr_edge tests benchmarks scripts examples
+	# JetPack 6's Python is 3.10: nothing newer in the package (tomllib, typing.Self, except*, ...)
+	$(VENV)/bin/vermin --target=3.10- --no-tips --violations xlsr_edge
+
+# The runtime on arm64 (Debian 12 under qemu-user-static; root) against x86, transcripts compared: see the script's
+# header. ~6 min with its cache (~/.cache/xlsr-edge/arm64), ~12 min cold; FULL=1 adds beam + KenLM (~15 min more once).
+.PHONY: arm64-check
+arm64-check: $(PY)
+	$(SUDO) env VENV="$(VENV)" FULL="$(FULL)" bash scripts/arm64_check.sh
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
