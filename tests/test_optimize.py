@@ -360,12 +360,17 @@ def test_optimize_writes_one_bundle_whose_runtime_transcribe_uses(tiny_ckpt, tmp
     )
     assert "<- chosen" in printed and f"wrote {out}" in printed
     assert sorted(p.name for p in keep.iterdir()) == ["fp32", "int8", "int8-dynamic"]
+    for kept in keep.iterdir():  # each kept variant records where it ran fastest here (bench runs it there)
+        kept_rt = json.loads((kept / "bundle.json").read_text(encoding="utf-8"))["runtime"]
+        assert kept_rt["backend"] == "onnxruntime" and kept_rt["threads"] == 1
     # the runtime reads the record: backend and threads by default, explicit values win
     with Recognizer.from_bundle(out) as rec:
         assert rec.runner.name == "onnxruntime" and rec.runner.threads == 1
         assert rec.transcribe([default_clips()[0]])[0].text is not None
     with Recognizer.from_bundle(out, threads=2) as rec:
         assert rec.runner.threads == 2
+    with Recognizer.from_bundle(out, backend="onnxruntime") as rec:  # the recorded threads still apply
+        assert rec.runner.threads == 1
     assert main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
     assert f"runtime       {rt['chosen']}" in shown and "<- chosen" in shown

@@ -45,8 +45,9 @@ def add_backend_argument(
         p.add_argument(
             "--backend",
             type=backend_list,
-            default=["onnxruntime"],
-            help=f"comma-separated, each bundle runs on each: {', '.join(BACKENDS)} (aliases: ort, trt, ov)",
+            default=None,
+            help=f"comma-separated, each bundle runs on each: {', '.join(BACKENDS)} (aliases: ort, trt, ov); "
+            "default: each bundle on the runtime it records (`xlsr-edge optimize`), else onnxruntime",
         )
     else:
         p.add_argument(
@@ -85,6 +86,7 @@ def runner_options(args: argparse.Namespace) -> dict:
     """Backend-specific keywords for Recognizer.from_bundle (BackendOptions.from_keywords); refuses OpenVINO flags
     with another backend (no --backend: the bundle decides, and BackendOptions.resolve checks them then)."""
     hint, cache = getattr(args, "precision_hint", None), getattr(args, "cache_dir", None)
+    # [None]: no --backend, the bundle decides
     backends = args.backend if isinstance(args.backend, list) else [args.backend]
     out: dict = {}
     if getattr(args, "trt_cache_dir", None) is not None:  # checked against the backend by BackendOptions

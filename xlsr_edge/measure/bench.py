@@ -123,7 +123,8 @@ class BenchConfig:
     batch: list[int] = field(default_factory=lambda: [1, 8])
     threads: list[int] = field(default_factory=lambda: [1, 2])
     audio: Path | None = None
-    backend: str | list[str] = "onnxruntime"  # several: every bundle runs on each
+    # several: every bundle runs on each; None: each on the runtime it records (xlsr-edge optimize)
+    backend: str | list[str] | None = "onnxruntime"
     providers: str | None = "cpu"
     torch: Path | None = None
     torch_bf16: bool = False  # also PyTorch eager under torch.autocast("cpu", bfloat16)
@@ -134,8 +135,8 @@ class BenchConfig:
     bundle_backends: dict[str, list[str]] = field(default_factory=dict)
 
     @property
-    def backends(self) -> list[str]:
-        return [self.backend] if isinstance(self.backend, str) else list(self.backend)
+    def backends(self) -> list[str | None]:
+        return [self.backend] if isinstance(self.backend, str) or self.backend is None else list(self.backend)
 
     def __post_init__(self) -> None:
         if not self.bundles and self.torch is None:
@@ -200,11 +201,18 @@ def _engine_specs(config: BenchConfig, threads: int) -> list[tuple[EngineSpec, d
         manifest = read_manifest(path)  # BundleError for a wrong folder before any worker starts
         chosen = config.bundle_backends.get(str(path), backends)
         for backend in chosen:
+            recorded = ""
+            if backend is None:  # the runtime `xlsr-edge optimize` recorded (its hint is applied at load)
+                rt = manifest.runtime or {}
+                backend = rt.get("backend") or "onnxruntime"
+                recorded = " ".join(x for x in (backend, rt.get("precision_hint")) if x) if rt else ""
             options = tuple(sorted(config.runner_options.items())) if backend == "openvino" else ()
             specs.append(
                 (
                     EngineSpec(
-                        label
+                        f"{label} ({recorded})"
+                        if recorded
+                        else label
                         if len(set(backends).union(*config.bundle_backends.values())) == 1
                         else f"{label} ({backend})",
                         "bundle",

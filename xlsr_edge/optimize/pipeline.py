@@ -48,6 +48,7 @@ from xlsr_edge.optimize.choose import (
     SLOWER,
     Budget,
     Outcome,
+    candidate_record,
     cannot_win,
     choose,
     cut_by_budget,
@@ -382,11 +383,27 @@ def _write(
         write_manifest(tmp, manifest)
 
 
-def _keep(variants: _Variants, keep: Path, overwrite: bool) -> list[Path]:
-    """--keep-candidates DIR: every converted variant as a bundle of its own, DIR/<variant>."""
+def _keep(
+    variants: _Variants, keep: Path, overwrite: bool, outcomes: list[Outcome], record: dict
+) -> list[Path]:
+    """--keep-candidates DIR: every converted variant as a bundle of its own, DIR/<variant>, recording as its
+    runtime its fastest backend and hint that passed the gate or was not gated (so `xlsr-edge bench` without
+    --backend runs each kept bundle as it was timed here)."""
     kept = []
     keep.mkdir(parents=True, exist_ok=True)
     for g, (folder, manifest) in variants.ready.items():
+        mine = [o for o in outcomes if o.candidate.graph == g and o.speed is not None]
+        usable = [o for o in mine if o.status in (PASSED, SLOWER)]
+        if usable and manifest.runtime is None:  # the chosen one has its record already
+            best = max(usable, key=lambda o: o.score)
+            c = best.candidate
+            manifest.runtime = {
+                **record,
+                "backend": c.backend,
+                "precision_hint": c.precision_hint,
+                "chosen": best.name,
+                "candidates": [candidate_record(o, o is best) for o in mine],
+            }
         target = keep / slug(g.name)
         with atomic_output(target, BUNDLE, overwrite=overwrite, flag="--keep-candidates") as tmp:
             _link_files(folder, tmp)
@@ -477,7 +494,9 @@ def optimize(checkpoint: str | Path, out: str | Path, options: OptimizeOptions) 
         folder, manifest = variants.folder(choice.candidate.graph)
         stage(f"chosen: {choice.name} ({_describe_outcome(choice)}); writing {out}")
         _write(out, protect, options, folder, manifest, choice, record)
-        kept = _keep(variants, options.keep_candidates, options.overwrite) if options.keep_candidates else []
+        kept = []
+        if options.keep_candidates:
+            kept = _keep(variants, options.keep_candidates, options.overwrite, outcomes, record)
     stage(f"wrote {out}")
     return OptimizeResult(out, choice, outcomes, skipped, record, kept)
 

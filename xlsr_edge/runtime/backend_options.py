@@ -195,38 +195,41 @@ class BackendOptions:
         return self.backend in (ONNXRUNTIME, OPENVINO, None)
 
     def resolve(self, manifest: BundleManifest, bundle: Path) -> BackendOptions:
-        """These options with a backend: ``backend`` None takes the bundle's recorded runtime (runtime.tuned:
-        warns once on a CPU with other instruction sets than the one it was measured on), else onnxruntime;
-        threads and an OpenVINO hint given here win over the record's."""
-        if self.backend is not None:
-            return self
-        threads = self.onnxruntime.threads if self.onnxruntime.threads is not None else self.openvino.threads
-        hint = self.openvino.precision_hint
-        given = {} if hint == "auto" else {"precision_hint": hint}
-        backend, threads, kw = runtime_defaults(
-            manifest.runtime, bundle, backend=None, threads=threads, runner_kwargs=given
+        """These options completed from the runtime the bundle records (`xlsr-edge optimize`; runtime.tuned, which
+        warns once on a CPU with other instruction sets than the one it was measured on): ``backend`` None takes
+        the recorded backend (else onnxruntime); threads and an OpenVINO hint not given here take the recorded
+        ones where the backend is the recorded one. What is given here wins."""
+        ort, ov = self.onnxruntime, self.openvino
+        threads = {ONNXRUNTIME: ort.threads, OPENVINO: ov.threads}.get(
+            self.backend, ort.threads if ort.threads is not None else ov.threads
         )
-        if given and backend != OPENVINO:
+        given = {} if ov.precision_hint == "auto" else {"precision_hint": ov.precision_hint}
+        backend, threads, kw = runtime_defaults(
+            manifest.runtime, bundle, backend=self.backend, threads=threads, runner_kwargs=given
+        )
+        if self.backend is None and given and backend != OPENVINO:
             # the same words as with an explicit --backend (the bundle records no OpenVINO runtime)
             raise XlsrEdgeError("--precision-hint and --cache-dir apply to --backend openvino")
+        if manifest.runtime is None and self.backend is not None:
+            return self
         return replace(
             self,
             backend=backend,
-            onnxruntime=replace(self.onnxruntime, threads=threads),
-            openvino=replace(self.openvino, threads=threads, **kw),
+            onnxruntime=replace(ort, threads=threads) if backend == ONNXRUNTIME else ort,
+            openvino=replace(ov, threads=threads, **kw) if backend == OPENVINO else ov,
         )
 
     def make_runner(self, bundle: Path, manifest: BundleManifest) -> Runner:
-        """The runner (not yet activated) for a loaded bundle folder."""
+        """The runner (not yet activated) for a loaded bundle folder, with the settings ``resolve`` completes
+        from the runtime the bundle records."""
         bundle = Path(bundle)
-        if self.backend is None:
-            return self.resolve(manifest, bundle).make_runner(bundle, manifest)
-        if self.backend == TENSORRT:
-            return self.tensorrt.make_runner(bundle, manifest)
-        if self.backend in (ONNXRUNTIME, OPENVINO):
-            return self.graph_runner(bundle / manifest.graph)
+        options = self.resolve(manifest, bundle)
+        if options.backend == TENSORRT:
+            return options.tensorrt.make_runner(bundle, manifest)
+        if options.backend in (ONNXRUNTIME, OPENVINO):
+            return options.graph_runner(bundle / manifest.graph)
         # a backend added with register_backend (an unknown name gets the list of known ones)
-        return make_runner(self.backend, bundle, manifest, **dict(self.extra))
+        return make_runner(options.backend, bundle, manifest, **dict(options.extra))
 
     def graph_runner(self, graph: Path) -> Runner:
         """A runner for a bare ONNX file (the precision gate's graphs): onnxruntime or OpenVINO only."""
