@@ -11,7 +11,8 @@ interleaved rounds, warm-up excluded; throughput = audio seconds / median model-
 ``--seconds`` of audio (batch rows of equal length, no padding). Also reported: bundle size, load time, peak RSS.
 
 Extra variants ``int8-dynamic+cnn`` and ``int8+cnn``: int8-dynamic / static Q/DQ int8 with the CNN feature
-encoder's layers 1-6 exported as MatMuls and quantized too (``--quantize-ops MatMul Gemm FeatureEncoder``).
+encoder's layers 1-6 exported as MatMuls and quantized too (``--quantize-ops MatMul Gemm FeatureEncoder``);
+``int8+cnn+attn`` also quantizes the attention score/context MatMuls (``Attention``).
 
 Engines (issue 19): every variant on onnxruntime, the ``--ov-variants`` (default fp32, int8, int8+cnn) also on
 OpenVINO (``--backend openvino``, precision hint chosen from the CPU unless ``--precision-hint``), and PyTorch eager
@@ -43,6 +44,8 @@ VARIANTS = {
     "int8": {"precision": "int8"},
     "int8-dynamic+cnn": {"precision": "int8-dynamic", "quantize_ops": ("MatMul", "Gemm", "FeatureEncoder")},
     "int8+cnn": {"precision": "int8", "quantize_ops": ("MatMul", "Gemm", "FeatureEncoder")},
+    # + the attention score/context MatMuls in int8 (xlsr-edge optimize's "int8+fe+attn" on int8-dot-product CPUs)
+    "int8+cnn+attn": {"precision": "int8", "quantize_ops": ("MatMul", "Gemm", "FeatureEncoder", "Attention")},
 }
 
 

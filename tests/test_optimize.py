@@ -64,6 +64,9 @@ def test_amx_plan_tries_every_hint_and_fp16_on_openvino_with_full_range_int8():
     for hint in ("f32", "bf16", "f16"):
         assert f"int8+fe @ openvino {hint}" in got and f"fp32 @ openvino {hint}" in got
     assert "fp16 @ openvino f16" in got and "fp16 @ openvino bf16" not in got
+    # an int8 dot product: int8 attention MatMuls are worth a try (Q/DQ, with the FeatureEncoder variant)
+    attn = [c for c in cands if c.graph.attention]
+    assert attn and all(c.graph.name == "int8+fe+attn" and "Attention" in c.graph.quantize_ops for c in attn)
     # VNNI/AMX: one int8-dynamic kernel choice (u8s8, full range), no u8u8 / reduce-range variants
     assert [c.graph.name for c in cands if c.graph.precision == "int8-dynamic"] == [
         "int8-dynamic+fe",
@@ -90,6 +93,7 @@ def test_avx2_plan_measures_the_int8_kernel_choices_and_skips_fp16():
     u8u8 = next(c for c in cands if c.graph.name == "int8-dynamic u8u8")
     assert u8u8.graph.to_json()["weight_type"] == "uint8" and u8u8.backend == "onnxruntime"
     assert {c.precision_hint for c in cands if c.backend == "openvino"} == {"f32"}  # no bf16/f16 math
+    assert not any(c.graph.attention for c in cands)  # no int8 dot product: no int8 attention
     assert not any(c.graph.precision == "fp16" for c in cands)
     assert any(s.name == "fp16" and "no fp16 arithmetic" in s.reason for s in skipped)
     # no bf16: onnxruntime first (on Zen 3 its int8-dynamic+FE was the fastest, OpenVINO's 1.2x eager)
