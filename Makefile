@@ -70,7 +70,7 @@ lint: $(PY)
 # header. ~6 min with its cache (~/.cache/xlsr-edge/arm64), ~12 min cold; FULL=1 adds beam + KenLM (~15 min more once).
 .PHONY: arm64-check
 arm64-check: $(PY)
-	$(SUDO) env VENV="$(VENV)" FULL="$(FULL)" bash scripts/arm64_check.sh
+	$(SUDO) env VENV="$(VENV)" FULL="$(FULL)" OUT="$(OUT)" bash scripts/arm64_check.sh
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -52,7 +52,9 @@ SUITE=bookworm
 PYTAG=311 # Debian 12's python3
 RECIPE=1  # bump when the venv recipe below changes (part of the cache key)
 if [[ "$FULL" = 1 ]]; then FLAVOR=full; else FLAVOR=core; fi
-OUT="${OUT:-$ROOT/benchmarks/results/arm64/results$([[ $FLAVOR = full ]] && echo -full).json}"
+SUFFIX=""
+[[ $FLAVOR = full ]] && SUFFIX=-full
+OUT="${OUT:-$ROOT/benchmarks/results/arm64/results$SUFFIX.json}"
 T0=$SECONDS
 
 die() {
