@@ -104,6 +104,9 @@ def summary_lines(m: dict) -> list[str]:
 
 
 def main() -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # optimize's stage lines on stderr
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--out", type=Path, required=True, help="results folder (results.json, results.md)")
     ap.add_argument(

@@ -375,6 +375,12 @@ def test_optimize_writes_one_bundle_whose_runtime_transcribe_uses(tiny_ckpt, tmp
         assert rec.runner.threads == 2
     with Recognizer.from_bundle(out, backend="onnxruntime") as rec:  # the recorded threads still apply
         assert rec.runner.threads == 1
+    # bench without --backend runs the bundle on the runtime it records (the label says which)
+    bench = ["bench", str(out), "--seconds", "0.5", "--batch", "1", "--threads", "1", "--repeat", "1"]
+    assert main([*bench, "--warmup", "0", "-o", str(tmp_path / "bench")]) == 0
+    bench_rows = json.loads((tmp_path / "bench" / "results.json").read_text(encoding="utf-8"))["rows"]
+    assert [r["engine"] for r in bench_rows] == ["opt (onnxruntime)"]
+    capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
     assert f"runtime       {rt['chosen']}" in shown and "<- chosen" in shown
