@@ -284,7 +284,8 @@ def _gate_inputs(options: OptimizeOptions, info, needs_calibration: bool):
     dev = read_manifest(options.dev)
     gate = select_gate_set(dev, [], info, options.gate_size, options.seed, str(options.dev))
     inputs = PrecisionInputs(source=str(options.dev), calibration=calib, gate=gate)
-    for message in gate_set_warnings(inputs, info, shipped=False):
+    fix = "give --dev MANIFEST with more transcribed speech in the model's language (the gate reads it)"
+    for message in gate_set_warnings(inputs, info, shipped=False, fix=fix):
         logger.warning("warning: %s", message)
     return inputs
 

@@ -71,13 +71,18 @@ def _is_turkish(language: str) -> bool:
 
 
 def gate_set_warnings(
-    inputs: PrecisionInputs, info: ModelInfo, shipped: bool, languages: Sequence[str] = ()
+    inputs: PrecisionInputs,
+    info: ModelInfo,
+    shipped: bool,
+    languages: Sequence[str] = (),
+    fix: str | None = None,
 ) -> list[str]:
     """Why the accuracy gate's verdict (and int8's ranges) may not hold for this model: too little speech, or
     speech of another language (``languages``: the model's, where known; else the share of transcript letters
-    its vocabulary cannot write). ``shipped``: the set is the shipped Turkish demo clips (no --calibration)."""
+    its vocabulary cannot write). ``shipped``: the set is the shipped Turkish demo clips (no --calibration).
+    ``fix``: what to do about it, where the command's flags differ from export's."""
     uses = "int8 calibration and the gate read it" if inputs.calibration is not None else "the gate reads it"
-    fix = f"give --calibration MANIFEST, transcribed speech in the model's language ({uses})"
+    fix = fix or f"give --calibration MANIFEST, transcribed speech in the model's language ({uses})"
     out = []
     gate = inputs.gate.describe(info.sample_rate)
     n, seconds = gate["utterances"], gate["seconds"]
