@@ -384,3 +384,30 @@ def test_optimize_writes_one_bundle_whose_runtime_transcribe_uses(tiny_ckpt, tmp
     assert main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
     assert f"runtime       {rt['chosen']}" in shown and "<- chosen" in shown
+
+
+def test_a_spent_budget_measures_only_the_reference_and_lists_the_rest(tiny_ckpt, tmp_path, capsys):
+    import json
+
+    from xlsr_edge.cli import main
+    from xlsr_edge.data import CLIPS_MANIFEST
+
+    out = tmp_path / "opt"
+    args = ["optimize", str(tiny_ckpt), "-o", str(out), "--dev", str(CLIPS_MANIFEST), "--threads", "1"]
+    args += [
+        "--seconds",
+        "0.5",
+        "--repeat",
+        "1",
+        "--budget-minutes",
+        "0.0001",
+        "--candidates",
+        "int8-dynamic*",
+    ]
+    assert main(args) == 0
+    data = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
+    by = {c["name"]: c for c in data["runtime"]["candidates"]}
+    assert data["precision"] == "fp32" and by["fp32 @ onnxruntime"]["status"] == "chosen"
+    assert by["int8-dynamic @ onnxruntime"]["status"] == "not measured"
+    assert "--budget-minutes 0.0001 spent" in by["int8-dynamic @ onnxruntime"]["reason"]
+    assert "not measured: int8-dynamic @ onnxruntime: --budget-minutes" in capsys.readouterr().out

@@ -474,7 +474,7 @@ def optimize(checkpoint: str | Path, out: str | Path, options: OptimizeOptions) 
             audio=options.audio,
         ) as bench:
             for i, o in enumerate(outcomes, 1):
-                if budget.spent():
+                if budget.spent() and not o.candidate.is_reference:  # the reference always runs: the baseline
                     for left in cut_by_budget(outcomes, budget):
                         stage(f"not measured {left.name}: {left.reason}")
                     break
