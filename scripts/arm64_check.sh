@@ -5,8 +5,11 @@
 # kernels differ (each step says which). `make arm64-check` runs it; root is required (chroot, mounts, binfmt).
 #
 # Steps (default): transcribe greedy with fp32, int8-dynamic and int8 (Q/DQ) bundles on onnxruntime, the
-# int8-dynamic bundle on OpenVINO (f32 on both sides; then arm64's default hint, f16 where the CPU has fp16
-# arithmetic, against x86's f32: x86's default there is bf16 on AVX512-BF16/AMX, a different computation),
+# int8-dynamic bundle on OpenVINO (f32 hint on both sides, then arm64's default hint, f16 where the CPU has fp16
+# arithmetic, against x86's f32: x86's default may be bf16, another computation), the int8 (Q/DQ) bundle on
+# OpenVINO as an informational step (its int8 kernels differ between x86 and ARM: on all 30 demo clips 2.1 %
+# CER between the two, each 4.0-4.2 % CER against the references; recorded with both sides' reference CER, it
+# does not fail the check),
 # `xlsr-edge stream` (fp32), and a short `xlsr-edge bench` (onnxruntime + OpenVINO) whose results must record
 # an aarch64 machine. FULL=1 adds beam search + KenLM (the kenlm module
 # compiles from source in the emulated root: ~15 min once, then cached).
@@ -314,6 +317,7 @@ in_root pip install -q --no-index --no-deps --force-reinstall "/x/$(basename "$W
 
 # `step NAME ARGS...`: the same xlsr-edge command (paths relative to the run folder) on x86, then on arm64.
 # `REF=OTHER step NAME ARGS...`: arm64 only, compared with step OTHER's x86 transcripts.
+# `INFO=1 step ...`: recorded and compared, never a failure of the check.
 STEPS="$WORK/steps.tsv"
 : >"$STEPS"
 step() {
@@ -329,8 +333,8 @@ step() {
     fi
     t=$SECONDS
     in_root python -m xlsr_edge "$@" >"$X/out/$name.arm64.jsonl" 2>"$X/out/$name.arm64.err" && rc_a=0 || rc_a=$?
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc_x" "$rc_a" "$tx" "$((SECONDS - t))" "${REF:-}" \
-        "xlsr-edge $*" >>"$STEPS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc_x" "$rc_a" "$tx" "$((SECONDS - t))" "${REF:-}" \
+        "${INFO:-}" "xlsr-edge $*" >>"$STEPS"
 }
 OV=(--backend openvino --cache-dir ovcache)
 step ort-fp32 transcribe bundles/fp32 "${SEL[@]}" --json --threads "$THREADS"
@@ -340,16 +344,18 @@ step openvino-int8-dynamic-f32 transcribe bundles/int8-dynamic "${SEL[@]}" --jso
     --precision-hint f32
 REF=openvino-int8-dynamic-f32 step openvino-int8-dynamic-auto transcribe bundles/int8-dynamic "${SEL[@]}" --json \
     --threads "$THREADS" "${OV[@]}"
+INFO=1 step openvino-int8-qdq-f32 transcribe bundles/int8 "${SEL[@]}" --json --threads "$THREADS" "${OV[@]}" \
+    --precision-hint f32
 step stream-fp32 stream bundles/fp32 "${SEL[@]:0:$STREAM_CLIPS}" --threads "$THREADS"
 [[ $FLAVOR = full ]] && step beam-kenlm-fp32 transcribe bundles/fp32 "${SEL[@]}" --json --threads "$THREADS" --lm lm/tr.bin
 # bench: arm64 only (its timings under emulation say nothing about a board; what counts is that it finishes
 # and records the machine)
 log "bench: xlsr-edge bench (arm64 only)"
 t=$SECONDS
-BENCH=(bench bundles/int8-dynamic --seconds 1 --batch 1 --threads 1 --repeat 2 --warmup 1
+BENCH=(bench bundles/int8 --seconds 1 --batch 1 --threads 1 --repeat 2 --warmup 1
     --backend onnxruntime,openvino --cache-dir ovcache -o out/bench)
 in_root python -m xlsr_edge "${BENCH[@]}" >"$X/out/bench.arm64.md" 2>"$X/out/bench.arm64.err" && rc_b=0 || rc_b=$?
-printf '%s\t%s\t%s\t%s\t%s\t\t%s\n' bench 0 "$rc_b" 0 "$((SECONDS - t))" "xlsr-edge ${BENCH[*]}" >>"$STEPS"
+printf '%s\t%s\t%s\t%s\t%s\t\t\t%s\n' bench 0 "$rc_b" 0 "$((SECONDS - t))" "xlsr-edge ${BENCH[*]}" >>"$STEPS"
 cp -a "$ROOTFS/x/out/." "$X/out/"
 ARM_INFO="$(in_root python -c 'import importlib.metadata as m, json, platform
 print(json.dumps({"machine": platform.machine(), "python": platform.python_version(),
@@ -368,6 +374,10 @@ from xlsr_edge.scoring import error_rates
 steps_tsv, out, result_path, root, arm_info, arm_cpu, emulated, flavor, *times = sys.argv[1:]
 out = Path(out)
 MAX_CER = 0.01
+REFERENCE = {  # the clips' transcripts: each side's accuracy, next to how far apart the two are
+    json.loads(line)["audio_filepath"]: json.loads(line)["text"]
+    for line in (Path(root) / "models" / "demo-tr" / "test" / "test.jsonl").read_text().splitlines()
+}
 
 
 def transcripts(path: Path) -> dict[str, str]:
@@ -389,7 +399,15 @@ def compare(name: str) -> dict:
     same = sum(x86[k] == arm[k] for k in keys)
     cer = error_rates([x86[k] for k in keys], [arm[k] for k in keys], normalize=False).cer
     verdict = "exact" if same == len(keys) else ("cer<=1%" if cer <= MAX_CER else "fail")
-    row = {"clips": len(keys), "identical": same, "cer_vs_x86": round(cer, 5), "verdict": verdict}
+    refs = [REFERENCE[k] for k in keys]
+    row = {
+        "clips": len(keys),
+        "identical": same,
+        "cer_vs_x86": round(cer, 5),
+        "verdict": verdict,
+        "cer_vs_reference": {side: round(error_rates(refs, [t[k] for k in keys]).cer, 5)
+                             for side, t in (("x86", x86), ("arm64", arm))},
+    }
     if same < len(keys):
         row["differences"] = [{"audio": k, "x86": x86[k], "arm64": arm[k]} for k in keys if x86[k] != arm[k]]
     return row
@@ -401,7 +419,7 @@ def tail(path: Path) -> str:
 
 rows = []
 for line in Path(steps_tsv).read_text().splitlines():
-    name, rc_x, rc_a, tx, ta, ref, command = line.split("\t")
+    name, rc_x, rc_a, tx, ta, ref, info, command = line.split("\t")
     row = {"step": name, "command": command, "x86_seconds": int(tx), "arm64_seconds": int(ta)}
     if ref:
         row["x86_reference"] = f"step {ref}'s x86 transcripts"
@@ -420,9 +438,11 @@ for line in Path(steps_tsv).read_text().splitlines():
                 "error": tail(out / f"{name}.{'x86' if rc_x != '0' else 'arm64'}.err")}
     else:
         row |= compare(name)
+    if info:
+        row["informational"] = "recorded, never a failure of the check"
     rows.append(row)
 
-failed = [r["step"] for r in rows if r["verdict"] == "fail"]
+failed = [r["step"] for r in rows if r["verdict"] == "fail" and not r.get("informational")]
 result = {
     "what": "scripts/arm64_check.sh: the runtime on Debian 12 arm64 (qemu-user) vs x86, same bundles and clips",
     **git_state(root),
@@ -441,10 +461,14 @@ result = {
     "verdict": "fail" if failed else "pass",
 }
 Path(result_path).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-print(f"\n| step | verdict | clips | identical | CER vs x86 | x86 s | arm64 s |\n|---|---|---:|---:|---:|---:|---:|")
+print("\n| step | verdict | clips | identical | CER vs x86 | CER vs ref x86 / arm64 | x86 s | arm64 s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
-    print(f"| {r['step']} | {r['verdict']} | {r.get('clips', '')} | {r.get('identical', '')} | "
-          f"{r.get('cer_vs_x86', '')} | {r['x86_seconds']} | {r['arm64_seconds']} |")
+    ref = r.get("cer_vs_reference")
+    refs = f"{ref['x86']} / {ref['arm64']}" if ref else ""
+    info = " (info)" if r.get("informational") else ""
+    print(f"| {r['step']} | {r['verdict']}{info} | {r.get('clips', '')} | {r.get('identical', '')} | "
+          f"{r.get('cer_vs_x86', '')} | {refs} | {r['x86_seconds']} | {r['arm64_seconds']} |")
 print(f"\n{result['verdict']}: {result_path} ({', '.join(times)})")
 for r in rows:
     if r.get("error"):
