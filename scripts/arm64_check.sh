@@ -7,9 +7,9 @@
 # Steps (default): transcribe greedy with fp32, int8-dynamic and int8 (Q/DQ) bundles on onnxruntime, the
 # int8-dynamic bundle on OpenVINO (f32 hint on both sides, then arm64's default hint, f16 where the CPU has fp16
 # arithmetic, against x86's f32: x86's default may be bf16, another computation), the int8 (Q/DQ) bundle on
-# OpenVINO as an informational step (its int8 kernels differ between x86 and ARM: on all 30 demo clips 2.1 %
-# CER between the two, each 4.0-4.2 % CER against the references; recorded with both sides' reference CER, it
-# does not fail the check),
+# OpenVINO as an informational step (its int8 kernels differ between x86 and ARM: on all 30 demo clips 14 of 30
+# transcripts identical, 2.1 % CER between the two, 4.0 % and 4.2 % against the references,
+# benchmarks/results/arm64/results-30clips.json; it never fails the check),
 # `xlsr-edge stream` (fp32), and a short `xlsr-edge bench` (onnxruntime + OpenVINO) whose results must record
 # an aarch64 machine. FULL=1 adds beam search + KenLM (the kenlm module
 # compiles from source in the emulated root: ~15 min once, then cached).
@@ -364,14 +364,15 @@ TIMES+=("total_s=$((SECONDS - T0))")
 
 # --- compare and record ------------------------------------------------------------------------------------
 mkdir -p "$(dirname "$OUT")"
-"$PY" - "$STEPS" "$X/out" "$OUT" "$ROOT" "$ARM_INFO" "$ARM_CPU" "$EMULATED" "$FLAVOR" "${TIMES[@]}" <<'EOF'
+CMD="FULL=${FULL} CLIPS=$CLIPS STREAM_CLIPS=$STREAM_CLIPS THREADS=$THREADS ARM_CPU=$ARM_CPU scripts/arm64_check.sh"
+"$PY" - "$STEPS" "$X/out" "$OUT" "$ROOT" "$ARM_INFO" "$ARM_CPU" "$EMULATED" "$CMD" "${TIMES[@]}" <<'EOF'
 import json, platform, subprocess, sys, time
 from pathlib import Path
 
 from xlsr_edge.measure.sysinfo import git_state, machine
 from xlsr_edge.scoring import error_rates
 
-steps_tsv, out, result_path, root, arm_info, arm_cpu, emulated, flavor, *times = sys.argv[1:]
+steps_tsv, out, result_path, root, arm_info, arm_cpu, emulated, command, *times = sys.argv[1:]
 out = Path(out)
 MAX_CER = 0.01
 REFERENCE = {  # the clips' transcripts: each side's accuracy, next to how far apart the two are
@@ -419,8 +420,8 @@ def tail(path: Path) -> str:
 
 rows = []
 for line in Path(steps_tsv).read_text().splitlines():
-    name, rc_x, rc_a, tx, ta, ref, info, command = line.split("\t")
-    row = {"step": name, "command": command, "x86_seconds": int(tx), "arm64_seconds": int(ta)}
+    name, rc_x, rc_a, tx, ta, ref, info, step_command = line.split("\t")
+    row = {"step": name, "command": step_command, "x86_seconds": int(tx), "arm64_seconds": int(ta)}
     if ref:
         row["x86_reference"] = f"step {ref}'s x86 transcripts"
     if name == "bench":
@@ -446,7 +447,7 @@ failed = [r["step"] for r in rows if r["verdict"] == "fail" and not r.get("infor
 result = {
     "what": "scripts/arm64_check.sh: the runtime on Debian 12 arm64 (qemu-user) vs x86, same bundles and clips",
     **git_state(root),
-    "command": f"FULL={int(flavor == 'full')} scripts/arm64_check.sh",
+    "command": command,
     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     "host": machine() | {"kernel": platform.release()},
     "target": json.loads(arm_info) | {
