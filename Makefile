@@ -67,7 +67,7 @@ lint: $(PY)
 	$(VENV)/bin/vermin --target=3.10- --no-tips --violations xlsr_edge
 
 # The runtime on arm64 (Debian 12 under qemu-user-static; root) against x86, transcripts compared: see the script's
-# header. ~6 min with its cache (~/.cache/xlsr-edge/arm64), ~12 min cold; FULL=1 adds beam + KenLM (~15 min more once).
+# header. ~3 min with its cache (~/.cache/xlsr-edge/arm64), ~6.5 min cold; FULL=1 adds beam + KenLM (~30 min cold).
 .PHONY: arm64-check
 arm64-check: $(PY)
 	$(SUDO) env VENV="$(VENV)" FULL="$(FULL)" OUT="$(OUT)" bash scripts/arm64_check.sh

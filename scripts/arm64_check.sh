@@ -12,7 +12,7 @@
 # benchmarks/results/arm64/results-30clips.json; it never fails the check),
 # `xlsr-edge stream` (fp32), and a short `xlsr-edge bench` (onnxruntime + OpenVINO) whose results must record
 # an aarch64 machine. FULL=1 adds beam search + KenLM (the kenlm module
-# compiles from source in the emulated root: ~15 min once, then cached).
+# compiles from source in the emulated root: ~18 min once, then cached).
 # Bundles are exported on x86 from the shipped demo model (models/demo-tr) into a temp folder and copied in.
 # Results: benchmarks/results/arm64/results.json (FULL=1: results-full.json), with commit, command, machine.
 #
@@ -23,10 +23,12 @@
 # ARM64_CACHE (default ~/.cache/xlsr-edge/arm64), KEEP=1 (keep the work folder).
 # Exit: 0 all steps pass, 1 a step failed or differs, 2 cannot run here (not root, no qemu, ...).
 #
-# Cache (never inside the repo): base-<hash>.tar (mmdebstrap output, keyed by suite + packages) and
+# Cache (never inside the repo): base-<flavor>-<hash>.tar (mmdebstrap output, keyed by suite + packages) and
 # rootfs-<flavor>-<hash>/ (that tar + a venv at /opt/venv with the runtime dependencies, keyed by the base,
 # the requirements read from pyproject.toml and constraints.txt), wheels/ (aarch64 wheels pip downloaded on
-# the host). Each run reinstalls only the project's wheel. Cold: ~4 min mmdebstrap + ~2 min venv.
+# the host). Each run reinstalls only the project's wheel; a new key replaces its flavor's older entries.
+# Measured on a 2-core VM (benchmarks/results/arm64/): warm ~3 min; cold +3 min mmdebstrap, +1 min venv
+# (FULL=1 cold: +10 min mmdebstrap, +18 min venv with kenlm).
 #
 # Emulation artefacts (a real board has a true /sys and /proc, none of this applies there):
 # - qemu-user shows the x86 host's /proc/cpuinfo. onnxruntime's cpuinfo library segfaults parsing it when it
@@ -148,7 +150,7 @@ EOF
 )"
 BASE_KEY=$(echo "$SUITE arm64 minbase $PKGS" | sha)
 ENV_KEY=$( (echo "$BASE_KEY $RECIPE $FLAVOR"; echo "$REQS"; cat "$ROOT/constraints.txt") | sha)
-BASE_TAR="$CACHE/base-$BASE_KEY.tar"
+BASE_TAR="$CACHE/base-$FLAVOR-$BASE_KEY.tar"
 ROOTFS="$CACHE/rootfs-$FLAVOR-$ENV_KEY"
 WHEELS="$CACHE/wheels"
 
@@ -224,7 +226,7 @@ build_base() {
     local mirror t=$SECONDS
     mirror="${MIRROR:-$(debian_mirror)}"
     log "building the Debian $SUITE arm64 root ($PKGS) from $mirror: a few minutes"
-    rm -f "$BASE_TAR.tmp"
+    rm -f "$CACHE"/base-"$FLAVOR"-*.tar "$CACHE"/base-"$FLAVOR"-*.tar.tmp # older keys, a killed build's leftovers
     mmdebstrap --quiet --arch=arm64 --variant=minbase --format=tar --include="$PKGS" "$SUITE" "$BASE_TAR.tmp" "$mirror"
     mv "$BASE_TAR.tmp" "$BASE_TAR"
     TIMES+=("base_build_s=$((SECONDS - t))")
@@ -263,7 +265,7 @@ build_env() {
     in_root python3 -m venv /opt/venv
     if [[ $FLAVOR = full ]]; then
         in_root pip install -q --no-index --find-links /tmp/wheels -c /tmp/constraints.txt setuptools wheel
-        log "compiling kenlm in the emulated root (~15 min)"
+        log "compiling kenlm in the emulated root (~18 min)"
         in_root pip install -q --no-index --find-links /tmp/wheels -c /tmp/constraints.txt --no-build-isolation kenlm
     fi
     in_root pip install -q --no-index --find-links /tmp/wheels -c /tmp/constraints.txt -r /tmp/requirements.txt
