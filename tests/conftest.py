@@ -75,6 +75,20 @@ def tiny_group_bundle(tiny_group_ckpt, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def demo_fp32_bundle(tmp_path_factory) -> Path:
+    """The shipped demo model (models/demo-tr) exported fp32 without the parity gate, read-only for its users
+    (streams, the server): exported once per session."""
+    pytest.importorskip("torch")
+    from xlsr_edge.export import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("demo-fp32") / "demo-bundle"
+    export_bundle(
+        Path(__file__).resolve().parents[1] / "models" / "demo-tr", out, ExportOptions(verify=False)
+    )
+    return out
+
+
 def read_bundle_json(bundle: Path) -> dict:
     return json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
 

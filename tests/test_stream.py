@@ -36,13 +36,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
-    from xlsr_edge.export import ExportOptions, export_bundle
-
-    out = tmp_path_factory.mktemp("stream") / "demo-bundle"
-    export_bundle(DEMO, out, ExportOptions(verify=False))
-    return out
+def bundle(demo_fp32_bundle) -> Path:
+    return demo_fp32_bundle
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from xlsr_edge import limits
-from xlsr_edge.commands.common import add_decoder_arguments, decoder_options
+from xlsr_edge.commands.common import add_backend_argument, add_decoder_arguments, decoder_options
 from xlsr_edge.constants import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_CONTEXT_SECONDS, DEFAULT_CHUNK_SECONDS
 from xlsr_edge.errors import XlsrEdgeError
 
@@ -165,7 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_decoder_arguments(p, hotwords=True)
     add_cluster_arguments(p)
-    p.add_argument("--backend", default="onnxruntime")
+    add_backend_argument(p)  # default: the runtime the bundle records, as transcribe
     p.add_argument("--providers", default=None, help="onnxruntime providers (default cpu; cuda with GPUs)")
     p.add_argument(
         "--batch-size",

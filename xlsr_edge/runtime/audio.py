@@ -3,10 +3,11 @@
 A file's header is checked before anything is read (kind of file, sample rate, duration against
 ``max_seconds``, and for WAV the data size against the file's size: libsndfile quietly reads a truncated WAV
 as a shorter one) and never trusted for an allocation: files are read in blocks and the header's length is
-checked against what the stream holds. Samples must be finite and within MAX_ABS_SAMPLE (check_samples). Short files (up to WHOLE_READ_MAX_SAMPLES decoded samples) are then
-resampled in one go; longer ones are streamed twice (length and normalization statistics, then window by
-window, see StreamedAudio), so memory does not grow with the file. soxr's stream resampler gives the same
-samples as its one-shot resample, so both paths see the same audio.
+checked against what the stream holds. Samples must be finite and within MAX_ABS_SAMPLE (check_samples).
+Short files (up to WHOLE_READ_MAX_SAMPLES decoded samples) are then resampled in one go; longer ones are
+streamed twice (length and normalization statistics, then window by window, see StreamedAudio), so memory
+does not grow with the file. soxr's stream resampler gives the same samples as its one-shot resample, so both
+paths see the same audio.
 """
 
 from __future__ import annotations

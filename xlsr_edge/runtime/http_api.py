@@ -159,9 +159,8 @@ def _request_recognizer(model: ServedModel, runner: _BatchedRunner, language: st
     multi-language bundles, its own language choice."""
     rec = copy.copy(model.recognizer)
     rec.runner = runner
-    if model.languages:
+    if model.languages:  # each request's items carry their own per-language outputs (MultiItem)
         rec.language = language
-        rec._by_language = {}
     return rec
 
 
