@@ -92,9 +92,14 @@ def provenance_line(prov: Mapping[str, Any]) -> str:
     m = prov.get("machine") or {}
     before, after = prov.get("loadavg_before"), prov.get("loadavg_after")
     load = f"{before[0]:.2f} -> {after[0]:.2f}" if before and after else "unknown"
+    machine = (
+        f"{m.get('cpu')} ({m.get('arch')}, {m.get('usable_cpus')} usable cores; "
+        f"{isa_summary(m.get('instruction_sets'))})"
+        if m
+        else "machine unrecorded"
+    )
     return (
-        f"Provenance: commit {commit}; command `{' '.join(prov.get('command') or [])}`; {m.get('cpu')} "
-        f"({m.get('arch')}, {m.get('usable_cpus')} usable cores; {isa_summary(m.get('instruction_sets'))}); "
+        f"Provenance: commit {commit}; command `{' '.join(prov.get('command') or [])}`; {machine}; "
         f"1-minute load average {load} (before -> after)."
     )
 
