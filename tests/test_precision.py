@@ -443,10 +443,12 @@ def test_parallel_matmul_fusion_folds_biases_and_keeps_the_maths(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kernel", "stride", "channels"), [(10, 5, 1), (3, 2, 8), (2, 2, 8), (3, 1, 4), (2, 3, 4)]
+    ("kernel", "stride", "channels"),
+    [(10, 5, 1), (3, 2, 8), (2, 2, 8), (3, 1, 4), (2, 3, 4), (5, 2, 3), (1, 1, 2)],
 )
 def test_conv_as_matmul_equals_conv1d_for_every_length(kernel, stride, channels):
-    """The channels-last MatMul form of a strided Conv1d (k strided slices, concatenated) is the Conv1d."""
+    """The channels-last MatMul form of a strided Conv1d (whole stride blocks reshaped, the k % s taps left over
+    as strided slices, concatenated) is the Conv1d, for every length and kernel/stride relation."""
     import torch
 
     from xlsr_edge.export.cnn_matmul import _conv_as_matmul

@@ -23,17 +23,27 @@ from xlsr_edge.errors import ExportError
 # xlsr_edge.precision.options.FEATURE_ENCODER_SCOPE finds them in the graph.
 
 
-def _conv_as_matmul(x, conv):
-    """x [N, T, C_in] -> [N, T_out, C_out]: Conv1d (no padding, dilation 1, groups 1) as one MatMul."""
+def _windows(x, k: int, s: int):
+    """[N, T, C] -> [N, T_out, k * C], tap-major: the input rows each output frame reads.
+
+    Whole stride blocks are contiguous slices reshaped ([N, T_out * s, C] -> [N, T_out, s * C]: a view); only
+    the taps past the last whole block (k % s of them: one for XLS-R's k=3, s=2 layers) are strided slices.
+    Engines copy a contiguous slice fast, a strided one element by element."""
     import torch
 
-    k, s = conv.kernel_size[0], conv.stride[0]
+    n, c = x.shape[0], x.shape[2]
     t_out = torch.div(x.shape[1] - k, s, rounding_mode="floor") + 1
+    parts = [x[:, s * j : s * j + s * t_out, :].reshape(n, t_out, s * c) for j in range(k // s)]
     span = s * (t_out - 1) + 1
-    cols = [x[:, j : j + span : s, :] for j in range(k)]
-    windows = torch.cat(cols, dim=-1) if k > 1 else cols[0]  # [N, T_out, k * C_in], tap-major
+    parts += [x[:, j : j + span : s, :] for j in range(s * (k // s), k)]
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
+def _conv_as_matmul(x, conv):
+    """x [N, T, C_in] -> [N, T_out, C_out]: Conv1d (no padding, dilation 1, groups 1) as one MatMul."""
+    k, s = conv.kernel_size[0], conv.stride[0]
     weight = conv.weight.permute(2, 1, 0).reshape(k * conv.in_channels, conv.out_channels)
-    y = windows @ weight
+    y = _windows(x, k, s) @ weight
     return y + conv.bias if conv.bias is not None else y
 
 
