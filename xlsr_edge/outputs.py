@@ -126,6 +126,20 @@ def _marker_pid(folder: Path) -> int | None:
     return pid if isinstance(pid, int) else None
 
 
+def _has_content(path: Path) -> bool:
+    """Something at `path` other than an empty folder. A folder removed while it is read counts as absent (a
+    racer may remove an empty target folder at any moment: that must not read as "holds files")."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return os.path.lexists(path)
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 def _is_empty_dir(path: Path) -> bool:
     try:
         return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
@@ -462,13 +476,17 @@ def _new_temp(target: Path) -> Path:
     raise XlsrEdgeError(f"cannot create a temp folder next to {target}")
 
 
-def swap_in(new: Path, target: Path) -> None:
-    """Put the complete folder `new` at `target`, removing what was there; never a moment without either."""
+def swap_in(new: Path, target: Path) -> bool:
+    """Put the complete folder `new` at `target`, removing what was there; never a moment without either.
+    False (nothing done) when `target` was absent and another run created it meanwhile: what it wrote is not
+    ours to replace unchecked."""
     parent = target.parent
     with _critical():
-        if not os.path.lexists(target) and _create(new, target):
+        if not os.path.lexists(target):
+            if not _create(new, target):
+                return False
             _fsync(parent)
-            return
+            return True
         if _exchange(new, target):
             _kill_point("exchanged")
             _fsync(parent)
@@ -481,6 +499,7 @@ def swap_in(new: Path, target: Path) -> None:
             _kill_point("new-in")
             _fsync(parent)
     _remove(old)
+    return True
 
 
 @contextmanager
@@ -543,7 +562,14 @@ def _commit(tmp: Path, target: Path, kind: OutputKind, checks: dict) -> None:
     (tmp / MARKER).unlink()  # complete now: recognisable as an output of `kind` from here on
     _kill_point("ready")
     for _ in range(3):
+        # what is there decides the step, read *before* the check: a racer that fills an absent or empty target
+        # after this point makes the create step fail and the next check refuse, never gets swapped out
+        present = _has_content(target)
         check_output(target, kind, **checks)  # right before the step that publishes: refuses what it must
+        if present:
+            if swap_in(tmp, target):  # replacing our own output (--overwrite): the exchange
+                return
+            continue  # it vanished and another run created it meanwhile: check again
         if _is_empty_dir(target):
             try:  # an empty folder counts as absent: created over, so that a racer cannot win it too
                 target.rmdir()
@@ -553,9 +579,6 @@ def _commit(tmp: Path, target: Path, kind: OutputKind, checks: dict) -> None:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
                 continue  # filled meanwhile: check again
-        if os.path.lexists(target):
-            swap_in(tmp, target)  # replacing our own output (--overwrite): the exchange
-            return
         with _critical():
             if _create(tmp, target):
                 _fsync(target.parent)

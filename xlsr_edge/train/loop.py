@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from xlsr_edge.errors import XlsrEdgeError
 from xlsr_edge.outputs import swap_in
 from xlsr_edge.train.augment import NoiseAugmenter
 from xlsr_edge.train.data import Example, epoch_batches
@@ -80,7 +81,10 @@ def save_state(state: TrainState, out: Path) -> None:
         },
         tmp / STATE_FILE,
     )
-    swap_in(tmp, folder)
+    if not swap_in(tmp, folder):
+        raise XlsrEdgeError(
+            f"{folder} appeared while this run saved its state there; is another run writing {out}?"
+        )
 
 
 def save_final(model, vocab: CtcVocab, front: FrontEnd, out: Path) -> None:
