@@ -17,7 +17,8 @@ encoder's layers 1-6 exported as MatMuls and quantized too (``--quantize-ops Mat
 Engines (issue 19): every variant on onnxruntime, the ``--ov-variants`` (default fp32, int8, int8+cnn) also on
 OpenVINO (``--backend openvino``, precision hint chosen from the CPU unless ``--precision-hint``), and PyTorch eager
 under ``torch.autocast("cpu", bfloat16)`` next to the eager fp32 baseline (``--no-torch-bf16`` leaves it out),
-all in one ``run_bench`` per model and thread count. The CPU's instruction sets (AVX512-VNNI, AVX512-BF16, AMX)
+all in one ``run_bench`` per model and thread count; ``--ov-static-too`` adds each OpenVINO engine with a
+static compile of the timed shape (``--static-shapes``: what repeated shapes get). The CPU's instruction sets (AVX512-VNNI, AVX512-BF16, AMX)
 and the load average before and after the timed rounds are written with the figures.
 
 Writes results.json, results.md and throughput_<model>.png into ``-o``. ``--quick`` is a small run (4-layer 300M shape,
@@ -162,6 +163,7 @@ def bench(
         backend=list(args.backends),
         runner_options=runner_options(args),
         bundle_backends={paths[n]: [b for v, b in pairs if v == n] for n in bundles},
+        openvino_static_too=args.ov_static_too,
     )
     rows = []
     for threads in args.threads:  # one run per thread count: its load average is its own
@@ -172,13 +174,17 @@ def bench(
             name = by_path.get(r["path"], r["engine"])
             meta = bundles.get(name, {})
             backend = r["backend"]
-            c = (cer or {}).get((name, backend), {})
+            static = bool(r.get("static_shapes"))
+            c = {} if static else (cer or {}).get((name, backend), {})
             rows.append(
                 {
                     "model": model,
                     "variant": name,
                     "backend": backend,
-                    "engine": name if backend in ("pytorch",) else f"{name} ({backend})",
+                    "engine": name
+                    if backend in ("pytorch",)
+                    else f"{name} ({backend}{', static shape' if static else ''})",
+                    "static_shapes": static,
                     "compute": r.get("inference_precision") or r.get("autocast"),
                     **{
                         k: r[k]
@@ -306,6 +312,12 @@ def main() -> int:
         "--ov-variants-300m", nargs="+", default=None, choices=list(VARIANTS), help="default: --ov-variants"
     )
     ap.add_argument("--precision-hint", default=None, help="OpenVINO hint (default: chosen from the CPU)")
+    ap.add_argument(
+        "--ov-static-too",
+        action="store_true",
+        help="every OpenVINO engine also with a static compile of the timed shape (--static-shapes 1), "
+        "side by side",
+    )
     ap.add_argument("--no-torch-bf16", dest="torch_bf16", action="store_false")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])

@@ -129,7 +129,10 @@ def test_openvino_flags_need_the_openvino_backend(tiny_bundle, capsys):
 
     code = main(["transcribe", str(tiny_bundle), str(default_clips()[0]), "--precision-hint", "f32"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == "error: --precision-hint and --cache-dir apply to --backend openvino"
+    assert (
+        code == 2
+        and err == "error: --precision-hint, --cache-dir and --static-shapes apply to --backend openvino"
+    )
 
 
 def test_backend_aliases_and_lists():
@@ -222,6 +225,105 @@ def test_compiled_model_cache_is_written_and_reused(runners, tiny_bundle):
     again.deactivate()
     off = OpenVinoRunner(tiny_bundle / "model.onnx", cache_dir=None)
     assert "CACHE_DIR" not in off.config()
+
+
+@needs_openvino
+def test_static_shapes_compile_repeated_shapes_only_and_match_the_dynamic_model(
+    tiny_bundle, speech_dir, caplog
+):
+    """--static-shapes N: a shape's second call gets its own static compile (up to N shapes); a one-off shape
+    never does; the static compile's logits equal the dynamic one's (f32 hint)."""
+    from xlsr_edge.runtime.openvino import OpenVinoRunner
+
+    a, b, c = speech_arrays(speech_dir, 3)
+    x, m = _padded_batch([a, b])
+    kw = {"threads": 1, "precision_hint": "f32", "cache_dir": None}
+    ref = OpenVinoRunner(tiny_bundle / "model.onnx", **kw).activate()
+    ov = OpenVinoRunner(tiny_bundle / "model.onnx", static_shapes=1, **kw).activate()
+    try:
+        with caplog.at_level("INFO", logger="xlsr_edge"):
+            first = ov.infer(x, m)
+            assert not ov._static  # seen once: the dynamic model ran it
+            one_off = ov.infer(c[None], None)
+            second = ov.infer(x, m)
+            third = ov.infer(x, m)
+            assert list(ov._static) == [x.shape]  # compiled on the second call
+            ov.infer(c[None], None)  # repeated too, but the one static slot is taken
+            assert list(ov._static) == [x.shape]
+        assert sum("for input shape [2, " in r.getMessage() for r in caplog.records) == 1
+        want = ref.infer(x, m)
+        for got in (first, second, third):
+            np.testing.assert_array_equal(got[1], want[1])
+            for i, n in enumerate(want[1]):
+                np.testing.assert_allclose(got[0][i, :n], want[0][i, :n], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(one_off[0], ref.infer(c[None], None)[0], atol=1e-4, rtol=0)
+    finally:
+        ov.deactivate()
+        ref.deactivate()
+    assert not ov._static  # released with the runner
+
+
+@needs_openvino
+def test_static_shapes_give_a_long_files_windows_one_compile_and_the_same_transcript(
+    tiny_bundle, speech_dir, caplog
+):
+    """A long recording in equal windows (--chunk-seconds): the repeated window shape gets one static compile,
+    and the transcript is the dynamic model's."""
+    from xlsr_edge.runtime import Recognizer, TranscribeOptions
+
+    long = np.concatenate(speech_arrays(speech_dir, 6) * 2)  # ~14 s: a dozen 1 s windows
+    opts = TranscribeOptions(batch_size=1, chunk_seconds=1.0, context_seconds=0.5)
+    ov = {"backend": "openvino", "threads": 1, "precision_hint": "f32", "cache_dir": None}
+    with Recognizer.from_bundle(tiny_bundle, **ov) as rec:
+        want = rec.transcribe([long], opts)[0].text
+    with caplog.at_level("INFO", logger="xlsr_edge"):
+        with Recognizer.from_bundle(tiny_bundle, static_shapes=2, **ov) as rec:
+            got = rec.transcribe([long], opts)[0].text
+            shapes = list(rec.runner._static)
+    assert got == want and want
+    assert len(long) > 8 * 16000 and len(shapes) == 1  # the middle windows; first and last are one-offs
+    assert sum("for input shape" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_static_shapes_flag_is_checked(tiny_bundle, capsys):
+    from xlsr_edge.runtime import BackendOptions
+
+    assert BackendOptions.from_keywords("openvino", static_shapes=3).openvino.static_shapes == 3
+    for bad in (-1, 17, 1.5, "x"):
+        with pytest.raises(XlsrEdgeError, match="static_shapes must be"):
+            BackendOptions.from_keywords("openvino", static_shapes=bad)
+    with pytest.raises(SystemExit) as exit_:
+        main(["transcribe", str(tiny_bundle), "x.wav", "--backend", "openvino", "--static-shapes", "99"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --static-shapes must be <= 16, got 99"
+
+
+def test_bench_lists_each_openvino_engine_also_static_and_warms_it_past_the_compile(tiny_bundle):
+    """benchmarks/precision.py --ov-static-too: each OpenVINO engine twice (dynamic, static shape), side by side;
+    the static one's warm-up covers the call that compiles, so no timed call includes a compile."""
+    from xlsr_edge.constants import STATIC_SHAPE_REPEATS
+    from xlsr_edge.measure.bench import BenchConfig, _engine_specs, _warm_up
+
+    config = BenchConfig(bundles=[tiny_bundle], backend=["onnxruntime", "openvino"], openvino_static_too=True)
+    specs = _engine_specs(config, threads=1)
+    labels = [spec.label for spec, _ in specs]
+    assert labels == [f"{tiny_bundle.name} (onnxruntime)", f"{tiny_bundle.name} (openvino)"] + [
+        f"{tiny_bundle.name} (openvino) static"
+    ]
+    assert [meta["static_shapes"] for _, meta in specs] == [0, 0, 1]
+    assert dict(specs[2][0].options) == {"static_shapes": 1}
+
+    class Engine:  # counts the warm-up calls of each engine
+        def __init__(self, spec):
+            self.spec, self.info, self.calls = spec, {}, 0
+
+        def run(self, batch, seconds):
+            self.calls += 1
+            return {"peak_rss_bytes": 1}
+
+    engines = [Engine(spec) for spec, _ in specs]
+    _warm_up(engines, [(1, 1.0)], warmup=1)
+    assert [e.calls for e in engines] == [1, 1, STATIC_SHAPE_REPEATS]
 
 
 @needs_openvino

@@ -60,3 +60,9 @@ EXIT_SOME_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 EXIT_BROKEN_PIPE = 141  # stdout closed by the reader (`| head`), as shells report SIGPIPE
+
+# OpenVINO static compiles of repeated input shapes (xlsr_edge.runtime.openvino, --static-shapes): a shape's
+# second call compiles it (a one-off length never pays a compile), at most this many per runner (each holds its
+# own copy of the weights).
+STATIC_SHAPE_REPEATS = 2
+MAX_STATIC_SHAPES = 16

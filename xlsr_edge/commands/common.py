@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from xlsr_edge import limits
+from xlsr_edge.constants import MAX_STATIC_SHAPES
 from xlsr_edge.errors import XlsrEdgeError
 
 BACKENDS = ("onnxruntime", "tensorrt", "openvino")
@@ -71,6 +72,14 @@ def add_backend_argument(
             default=None,
             help="openvino: compiled-model cache (default ~/.cache/xlsr-edge/openvino; 'none' turns it off)",
         )
+        p.add_argument(
+            "--static-shapes",
+            type=limits.int_in(0, MAX_STATIC_SHAPES),
+            default=None,
+            metavar="N",
+            help="openvino: compile up to N input shapes that repeat (long-file windows, fixed-size batches) for "
+            "that shape alone: faster per call, each costs a compile and a copy of the weights (default: 0)",
+        )
     if trt_cache:
         p.add_argument(
             "--trt-cache-dir",
@@ -86,17 +95,22 @@ def runner_options(args: argparse.Namespace) -> dict:
     """Backend-specific keywords for Recognizer.from_bundle (BackendOptions.from_keywords); refuses OpenVINO flags
     with another backend (no --backend: the bundle decides, and BackendOptions.resolve checks them then)."""
     hint, cache = getattr(args, "precision_hint", None), getattr(args, "cache_dir", None)
+    static = getattr(args, "static_shapes", None)
     # [None]: no --backend, the bundle decides
     backends = args.backend if isinstance(args.backend, list) else [args.backend]
     out: dict = {}
     if getattr(args, "trt_cache_dir", None) is not None:  # checked against the backend by BackendOptions
         out["trt_cache_dir"] = args.trt_cache_dir
     if "openvino" not in backends and None not in backends:
-        if hint is not None or cache is not None:
-            raise XlsrEdgeError("--precision-hint and --cache-dir apply to --backend openvino")
+        if hint is not None or cache is not None or static is not None:
+            from xlsr_edge.runtime.openvino import OPENVINO_FLAGS_ONLY
+
+            raise XlsrEdgeError(OPENVINO_FLAGS_ONLY)
         return out
     if hint is not None:
         out["precision_hint"] = hint
+    if static is not None:
+        out["static_shapes"] = static
     if cache is not None:
         out["cache_dir"] = None if cache.strip().lower() in ("", "none", "off") else Path(cache)
     return out

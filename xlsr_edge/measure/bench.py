@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xlsr_edge.constants import STATIC_SHAPE_REPEATS
 from xlsr_edge.errors import XlsrEdgeError
 from xlsr_edge.measure.bench_engines import (
     EngineProcess,
@@ -133,6 +134,8 @@ class BenchConfig:
     runner_options: dict[str, Any] = field(default_factory=dict)  # openvino: precision_hint, cache_dir
     # str(bundle path) -> the backends it runs on, where not all of ``backend`` (benchmarks/precision.py)
     bundle_backends: dict[str, list[str]] = field(default_factory=dict)
+    # every OpenVINO engine also with a static compile of the benchmark's shapes (``static_shapes``), side by side
+    openvino_static_too: bool = False
 
     @property
     def backends(self) -> list[str | None]:
@@ -206,31 +209,35 @@ def _engine_specs(config: BenchConfig, threads: int) -> list[tuple[EngineSpec, d
                 rt = manifest.runtime or {}
                 backend = rt.get("backend") or "onnxruntime"
                 recorded = " ".join(x for x in (backend, rt.get("precision_hint")) if x) if rt else ""
-            options = tuple(sorted(config.runner_options.items())) if backend == "openvino" else ()
-            specs.append(
-                (
-                    EngineSpec(
-                        f"{label} ({recorded})"
-                        if recorded
-                        else label
-                        if len(set(backends).union(*config.bundle_backends.values())) == 1
-                        else f"{label} ({backend})",
-                        "bundle",
-                        str(path),
-                        backend,
-                        config.providers,
-                        threads,
-                        options,
-                    ),
-                    {
-                        "kind": "bundle",
-                        "precision": manifest.precision,
-                        "backend": backend,
-                        "size_bytes": folder_size_bytes(path),
-                        "sample_rate": manifest.model.sample_rate,
-                    },
-                )
+            options = dict(config.runner_options) if backend == "openvino" else {}
+            name = (
+                f"{label} ({recorded})"
+                if recorded
+                else label
+                if len(set(backends).union(*config.bundle_backends.values())) == 1
+                else f"{label} ({backend})"
             )
+            meta = {
+                "kind": "bundle",
+                "precision": manifest.precision,
+                "backend": backend,
+                "size_bytes": folder_size_bytes(path),
+                "sample_rate": manifest.model.sample_rate,
+            }
+            variants = [(name, options)]
+            if backend == "openvino" and config.openvino_static_too and not options.get("static_shapes"):
+                variants.append((f"{name} static", {**options, "static_shapes": 1}))
+            for engine_label, opts in variants:
+                spec = EngineSpec(
+                    engine_label,
+                    "bundle",
+                    str(path),
+                    backend,
+                    config.providers,
+                    threads,
+                    tuple(sorted(opts.items())),
+                )
+                specs.append((spec, {**meta, "static_shapes": opts.get("static_shapes", 0)}))
     return specs
 
 
@@ -264,7 +271,9 @@ def _warm_up(
     for batch, seconds in configs:
         for eng in engines:
             reply = {"peak_rss_bytes": eng.info.get("peak_rss_bytes")}
-            for _ in range(warmup):
+            # an OpenVINO static compile happens on a shape's STATIC_SHAPE_REPEATS-th call: not in the timing
+            static = dict(eng.spec.options).get("static_shapes")
+            for _ in range(max(warmup, STATIC_SHAPE_REPEATS) if static else warmup):
                 reply = eng.run(batch, seconds)
             peak[(eng.spec.label, batch, seconds)] = reply["peak_rss_bytes"]
     return peak
@@ -282,6 +291,7 @@ def _row(
         "path": spec.path,
         "precision": meta["precision"],
         "backend": meta["backend"],
+        **({"static_shapes": meta["static_shapes"]} if meta.get("static_shapes") else {}),
         "threads": spec.threads,
         "batch": batch,
         "seconds": seconds,

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from xlsr_edge import limits
 from xlsr_edge.errors import XlsrEdgeError
-from xlsr_edge.runtime.openvino import OpenVinoRunner, check_precision_hint, default_cache_dir
+from xlsr_edge.runtime.openvino import (
+    OPENVINO_FLAGS_ONLY,
+    OpenVinoRunner,
+    check_precision_hint,
+    check_static_shapes,
+    default_cache_dir,
+)
 from xlsr_edge.runtime.runners import OnnxRuntimeRunner, Runner, make_runner
 from xlsr_edge.runtime.tuned import runtime_defaults
 
@@ -29,7 +35,7 @@ BUILTIN_BACKENDS = (ONNXRUNTIME, TENSORRT, OPENVINO)
 DEFAULT_BACKEND = ONNXRUNTIME
 _TRT_PROVIDERS = ("tensorrt", "trt", "tensorrtexecutionprovider")
 # runner keywords of Recognizer.from_bundle that belong to a built-in backend's typed options
-_OPENVINO_KEYWORDS = ("precision_hint", "cache_dir", "device")
+_OPENVINO_KEYWORDS = ("precision_hint", "cache_dir", "device", "static_shapes")
 _TRT_CACHE_KEYWORD = "trt_cache_dir"
 
 
@@ -96,16 +102,19 @@ class OrtOptions:
 class OpenVinoOptions:
     """OpenVINO (extra ``[openvino]``, see ``xlsr_edge.runtime.openvino``): threads (INFERENCE_NUM_THREADS; None:
     OpenVINO's default), the inference precision of what is not int8 (auto/bf16/f32/f16), the compiled-model
-    cache folder (default ``~/.cache/xlsr-edge/openvino``; None: no cache) and the device."""
+    cache folder (default ``~/.cache/xlsr-edge/openvino``; None: no cache), the device, and how many repeated
+    input shapes get a static compile (0: none; ``xlsr_edge.runtime.openvino``)."""
 
     threads: int | None = None
     precision_hint: str = "auto"
     cache_dir: Path | None = field(default_factory=default_cache_dir)
     device: str = "CPU"
+    static_shapes: int = 0
 
     def __post_init__(self) -> None:
         _check_threads(self.threads)
         object.__setattr__(self, "precision_hint", check_precision_hint(self.precision_hint))
+        object.__setattr__(self, "static_shapes", check_static_shapes(self.static_shapes))
         cache = self.cache_dir
         object.__setattr__(self, "cache_dir", default_cache_dir() if cache == "auto" else _path(cache))
 
@@ -116,6 +125,7 @@ class OpenVinoOptions:
             precision_hint=self.precision_hint,
             cache_dir=self.cache_dir,
             device=self.device,
+            static_shapes=self.static_shapes,
         )
 
 
@@ -209,7 +219,7 @@ class BackendOptions:
         )
         if self.backend is None and given and backend != OPENVINO:
             # the same words as with an explicit --backend (the bundle records no OpenVINO runtime)
-            raise XlsrEdgeError("--precision-hint and --cache-dir apply to --backend openvino")
+            raise XlsrEdgeError(OPENVINO_FLAGS_ONLY)
         if manifest.runtime is None and self.backend is not None:
             return self
         return replace(
