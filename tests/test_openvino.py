@@ -296,6 +296,11 @@ def test_static_shapes_flag_is_checked(tiny_bundle, capsys):
         main(["transcribe", str(tiny_bundle), "x.wav", "--backend", "openvino", "--static-shapes", "99"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --static-shapes must be <= 16, got 99"
+    # without --backend the bundle decides: one that runs on onnxruntime refuses the OpenVINO-only flag
+    from xlsr_edge.bundle import read_manifest
+
+    with pytest.raises(XlsrEdgeError, match="--static-shapes apply to --backend openvino"):
+        BackendOptions.from_keywords(None, static_shapes=1).resolve(read_manifest(tiny_bundle), tiny_bundle)
 
 
 def test_bench_lists_each_openvino_engine_also_static_and_warms_it_past_the_compile(tiny_bundle):

@@ -217,7 +217,7 @@ class BackendOptions:
         backend, threads, kw = runtime_defaults(
             manifest.runtime, bundle, backend=self.backend, threads=threads, runner_kwargs=given
         )
-        if self.backend is None and given and backend != OPENVINO:
+        if self.backend is None and (given or ov.static_shapes) and backend != OPENVINO:
             # the same words as with an explicit --backend (the bundle records no OpenVINO runtime)
             raise XlsrEdgeError(OPENVINO_FLAGS_ONLY)
         if manifest.runtime is None and self.backend is not None:

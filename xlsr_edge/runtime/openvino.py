@@ -20,10 +20,10 @@ exactly like onnxruntime, so a padded batch gives the same transcripts as each c
   input length, and OpenVINO's kernels for a dynamic length are slower than for a fixed one. An input shape seen
   STATIC_SHAPE_REPEATS times gets its own static compile, for up to N shapes per runner: the equal windows of a
   long file (``--chunk-seconds``), batches of them, a benchmark's fixed input; a one-off length never pays a
-  compile. Measured on the 300M shape, 10 s, 1 thread, AMX, bf16 hint (docs/precision.md): int8 + FeatureEncoder
-  9-14 % faster per call, the bf16 fp32 graph 41-45 %; each static compile costs a compile (1 s there, cached on
-  disk like the dynamic one) and its own copy of the weights (peak RSS 1000 -> 1833 MiB for int8). Results
-  equal the dynamic compile's up to the precision hint's rounding.
+  compile. Measured on the 300M shape, 10 s, 1 thread, AMX, bf16 hint (docs/precision.md): int8 graphs 9-19 %
+  faster per call, the fp32 graph 40-58 %; the price is the compile (logged with its seconds; cached on disk
+  like the dynamic one) and a second copy of the weights (peak RSS 1086 -> 2138 MiB for the int8 bundle).
+  Results equal the dynamic compile's up to the precision hint's rounding.
 
 No torch here: this module is part of the runtime.
 """
