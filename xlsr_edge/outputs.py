@@ -36,7 +36,6 @@ import re
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from pathlib import Path
 
 from xlsr_edge.constants import BUNDLE_JSON
 from xlsr_edge.errors import OutputError, XlsrEdgeError
+from xlsr_edge.interrupts import critical, interrupts_raise
 
 ENV_KILL_AT = "XLSR_EDGE_TEST_KILL_AT"
 ENV_NO_EXCHANGE = "XLSR_EDGE_TEST_NO_EXCHANGE"
@@ -318,58 +318,6 @@ def write_failure(
     return OutputError(f"cannot write {shown}: {reason}{hint} {after or f'({target} is as it was)'}")
 
 
-# -- signals -------------------------------------------------------------------------------------------------
-
-_HANDLED = tuple(getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s))
-
-
-class _SignalState:
-    critical = 0
-    pending: int | None = None
-
-
-_STATE = _SignalState()
-
-
-def _handler(signum: int, frame) -> None:
-    if _STATE.critical:
-        _STATE.pending = signum  # raised once the swap is over: it must not be cut in half
-        return
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-@contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """While inside, SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (cleanup runs); restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; the main thread's own context covers this write
-        return
-    previous = {s: signal.getsignal(s) for s in _HANDLED}
-    for s in _HANDLED:
-        signal.signal(s, _handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-
-@contextmanager
-def _critical() -> Iterator[None]:
-    _STATE.critical += 1
-    try:
-        yield
-    except BaseException:
-        _STATE.critical -= 1
-        if not _STATE.critical:
-            _STATE.pending = None  # an exception is on its way out already
-        raise
-    _STATE.critical -= 1
-    if not _STATE.critical and _STATE.pending is not None:
-        signum, _STATE.pending = _STATE.pending, None
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 # -- writing -------------------------------------------------------------------------------------------------
 
 
@@ -481,7 +429,7 @@ def swap_in(new: Path, target: Path) -> bool:
     False (nothing done) when `target` was absent and another run created it meanwhile: what it wrote is not
     ours to replace unchecked."""
     parent = target.parent
-    with _critical():
+    with critical():
         if not os.path.lexists(target):
             if not _create(new, target):
                 return False
@@ -514,7 +462,7 @@ def scratch_folder(target: Path) -> Iterator[Path]:
             _kill_point("created")
             yield tmp
         finally:
-            with _critical():
+            with critical():
                 if tmp.exists():
                     _remove(tmp)
                 _ACTIVE.discard(os.path.abspath(tmp))
@@ -579,7 +527,7 @@ def _commit(tmp: Path, target: Path, kind: OutputKind, checks: dict) -> None:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
                 continue  # filled meanwhile: check again
-        with _critical():
+        with critical():
             if _create(tmp, target):
                 _fsync(target.parent)
                 return
@@ -594,7 +542,7 @@ def install_files(pairs: Sequence[tuple[Path, Path]], *, replace: bool = True) -
     """Rename finished files into place in the given order (fsynced first; each rename is atomic). With
     replace=False a name that exists (another run wrote it meanwhile) is never replaced: XlsrEdgeError, and
     the files installed before it stay."""
-    with _critical():
+    with critical():
         for src, _dst in pairs:
             _fsync(src)
         for src, dst in pairs:

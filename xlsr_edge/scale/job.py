@@ -260,7 +260,7 @@ def transcribe_dataset(
     pool: PoolOptions | None = None,
 ) -> JobResult:
     """Transcribe every utterance of `manifests` into shards in `out_dir` (module docstring)."""
-    from xlsr_edge.outputs import interrupts_raise
+    from xlsr_edge.interrupts import interrupts_raise
 
     options = options or JobOptions()
     cluster = cluster or ClusterOptions()
