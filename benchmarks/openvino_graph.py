@@ -212,10 +212,8 @@ def profile(shipped: Path, args) -> list[dict]:
         per_call.append(sums)
     names = sorted({k for s in per_call for k in s}, key=lambda k: -per_call[0][k])
     total = float(np.median([sum(s.values()) for s in per_call]))
-    return [
-        {"region": k, "ms": float(np.median([s[k] for s in per_call])), "share": None, "total_ms": total}
-        for k in names
-    ]
+    rows = [{"region": k, "ms": float(np.median([s[k] for s in per_call]))} for k in names]
+    return [{**r, "share": r["ms"] / total, "total_ms": total} for r in rows]
 
 
 def main() -> int:
@@ -242,8 +240,6 @@ def main() -> int:
         log(f"moved {hoist_qdq(shipped / 'model.onnx', hoisted / 'model.onnx')} Q/DQ pairs above the slices")
     settings = bench_settings(shipped, strided, hoisted, args)
     regions = profile(shipped, args)
-    for r in regions:
-        r["share"] = r["ms"] / r["total_ms"]
     results = {
         "model": f"XLS-R 300M shape, random weights, {args.layers} layers, int8 + {' '.join(QUANTIZE)}",
         "seconds": args.seconds,
