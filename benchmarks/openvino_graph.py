@@ -116,6 +116,14 @@ def hoist_qdq(src: Path, dst: Path) -> int:
     return moved
 
 
+def runner_config(threads: int) -> dict:
+    """The compile settings the runtime uses (OpenVinoRunner.config: hint from this CPU, latency, one stream,
+    unpinned threads), without its on-disk cache: each case here is compiled fresh."""
+    from xlsr_edge.runtime.openvino import OpenVinoRunner
+
+    return OpenVinoRunner(Path("model.onnx"), threads=threads, cache_dir=None).config()
+
+
 def feeds(seconds: float) -> dict[str, np.ndarray]:
     x = np.random.RandomState(0).randn(1, int(16000 * seconds)).astype(np.float32)
     return {"input_values": x, "attention_mask": np.ones(x.shape, np.int64)}
@@ -125,17 +133,8 @@ def bench_settings(shipped: Path, strided: Path, hoisted: Path, args) -> list[di
     import onnxruntime as ort
     import openvino as ov
 
-    from xlsr_edge.runtime.openvino import resolve_precision_hint
-
-    hint = resolve_precision_hint(None)
     core = ov.Core()
-    base = {
-        "INFERENCE_PRECISION_HINT": hint,
-        "NUM_STREAMS": 1,
-        "INFERENCE_NUM_THREADS": args.threads,
-        "PERFORMANCE_HINT": "LATENCY",
-        "ENABLE_CPU_PINNING": False,
-    }
+    base = runner_config(args.threads)
     f = feeds(args.seconds)
     cases = [  # (label, engine, graph, extra config, static shape)
         ("shipped graph (dynamic shape)", "openvino", shipped, {}, False),
@@ -192,14 +191,7 @@ def region(node: str, node_type: str) -> str:
 def profile(shipped: Path, args) -> list[dict]:
     import openvino as ov
 
-    from xlsr_edge.runtime.openvino import resolve_precision_hint
-
-    config = {
-        "INFERENCE_PRECISION_HINT": resolve_precision_hint(None),
-        "NUM_STREAMS": 1,
-        "INFERENCE_NUM_THREADS": args.threads,
-        "PERF_COUNT": True,
-    }
+    config = {**runner_config(args.threads), "PERF_COUNT": True}
     request = ov.Core().compile_model(str(shipped / "model.onnx"), "CPU", config).create_infer_request()
     f = feeds(args.seconds)
     request.infer(f)

@@ -18,8 +18,9 @@ Engines (issue 19): every variant on onnxruntime, the ``--ov-variants`` (default
 OpenVINO (``--backend openvino``, precision hint chosen from the CPU unless ``--precision-hint``), and PyTorch eager
 under ``torch.autocast("cpu", bfloat16)`` next to the eager fp32 baseline (``--no-torch-bf16`` leaves it out),
 all in one ``run_bench`` per model and thread count; ``--ov-static-too`` adds each OpenVINO engine with a
-static compile of the timed shape (``--static-shapes``: what repeated shapes get). The CPU's instruction sets (AVX512-VNNI, AVX512-BF16, AMX)
-and the load average before and after the timed rounds are written with the figures.
+static compile of the timed shape (``--static-shapes``: what repeated shapes get). The CPU's instruction sets
+(AVX512-VNNI, AVX512-BF16, AMX) and the load average before and after the timed rounds are written with the
+figures.
 
 Writes results.json, results.md and throughput_<model>.png into ``-o``. ``--quick`` is a small run (4-layer 300M shape,
 2 threads, batch 1, 2 rounds).

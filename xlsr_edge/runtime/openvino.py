@@ -203,7 +203,8 @@ class OpenVinoRunner(Runner):
             model: Any = str(self.model_path)
             flags = cpu_flags()
             amx_bf16 = self.precision_hint == "bf16" and "amx_bf16" in flags
-            if amx_bf16 or self.static_shapes:  # read it first: see AMX_BF16_MIN_GROUP_CHANNELS
+            # read first: checked for AMX_BF16_MIN_GROUP_CHANNELS, kept for static compiles
+            if amx_bf16 or self.static_shapes:
                 model = core.read_model(model)
             if amx_bf16:
                 self.precision_hint, warning = amx_safe_hint(
